@@ -1,0 +1,63 @@
+"""One settings object for every process, read from TAPEFLOW_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TAPEFLOW_", env_file=".env", extra="ignore")
+
+    # Everything the local services write (data, logs, pid files) lives under here.
+    home: Path = Path(".tapeflow")
+
+    kafka_port: int = 39092
+    kafka_controller_port: int = 39093
+    kafka_bootstrap: str | None = None  # set to use an external cluster
+
+    redis_port: int = 36379
+    redis_url: str | None = None
+
+    postgres_port: int = 35432
+    postgres_url: str | None = None
+
+    # A ClickHouse server URL (http://user:pass@host:8123/db); empty means embedded chDB.
+    clickhouse_url: str | None = None
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    venues: str = "iex,nasdaq"  # comma-separated; each reads Kafka topic md.raw.<venue>
+    stale_after_s: float = 5.0
+    flow_workers: int = 1
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def postgres(self) -> str:
+        return self.postgres_url or f"postgresql://tapeflow@127.0.0.1:{self.postgres_port}/tapeflow"
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.home.resolve() / "chdb"
+
+    @property
+    def venue_list(self) -> list[str]:
+        return [v.strip() for v in self.venues.split(",") if v.strip()]
+
+    def raw_topic(self, venue: str) -> str:
+        return f"md.raw.{venue}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,160 @@
+"""The normalized market-data schema every venue's feed is turned into.
+
+Prices are Decimal with 4 places, sizes are whole shares, times are integer
+nanoseconds since the Unix epoch (UTC). On Kafka (md.quotes, md.trades,
+md.status) each event is one JSON object with prices as strings, so no
+consumer ever sees a float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+import orjson
+
+PRICE_PLACES = Decimal("0.0001")
+NBBO_VENUE = "NBBO"
+
+TradingState = Literal["halted", "paused", "trading", "quoting"]
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """Top of book at one venue (or the consolidated NBBO when venue == NBBO_VENUE)."""
+
+    symbol: str
+    venue: str
+    bid_price: Decimal
+    bid_size: int
+    ask_price: Decimal
+    ask_size: int
+    event_ns: int
+    receive_ns: int
+    kind: Literal["quote"] = "quote"
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    symbol: str
+    venue: str
+    trade_id: str
+    price: Decimal
+    size: int
+    conditions: tuple[str, ...]
+    event_ns: int
+    receive_ns: int
+    # Consolidated-tape eligibility, decided by schemas.sale_conditions at parse time.
+    updates_last: bool = True
+    updates_volume: bool = True
+    kind: Literal["trade"] = "trade"
+
+
+@dataclass(frozen=True, slots=True)
+class TradeBreak:
+    """Cancels an earlier trade of the same venue and trade id."""
+
+    symbol: str
+    venue: str
+    trade_id: str
+    price: Decimal
+    size: int
+    event_ns: int
+    receive_ns: int
+    kind: Literal["break"] = "break"
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    symbol: str
+    venue: str
+    state: TradingState
+    reason: str
+    event_ns: int
+    receive_ns: int
+    kind: Literal["status"] = "status"
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """An entry of a venue's security directory: what may be traded, in which lots."""
+
+    symbol: str
+    venue: str
+    round_lot: int
+    test: bool
+    event_ns: int
+    receive_ns: int
+    adjusted_poc_price: Decimal = Decimal(0)
+    kind: Literal["security"] = "security"
+
+
+@dataclass(frozen=True, slots=True)
+class OfficialPrice:
+    symbol: str
+    venue: str
+    price_type: Literal["open", "close"]
+    price: Decimal
+    event_ns: int
+    receive_ns: int
+    kind: Literal["official"] = "official"
+
+
+@dataclass(frozen=True, slots=True)
+class SystemEvent:
+    venue: str
+    code: str  # O S R M E C, as in IEX TOPS
+    event_ns: int
+    receive_ns: int
+    symbol: str = ""
+    kind: Literal["system"] = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """Input that could not become an event; routed to md.deadletter."""
+
+    reason: str
+    raw: bytes
+    venue: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+Event = Quote | Trade | TradeBreak | Status | Security | OfficialPrice | SystemEvent
+
+_KINDS: dict[str, type] = {
+    "quote": Quote,
+    "trade": Trade,
+    "break": TradeBreak,
+    "status": Status,
+    "security": Security,
+    "official": OfficialPrice,
+    "system": SystemEvent,
+}
+_DECIMAL_FIELDS = ("bid_price", "ask_price", "price", "adjusted_poc_price")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"not serializable: {type(value).__name__}")
+
+
+def to_wire(event: Event) -> bytes:
+    return orjson.dumps(asdict(event), default=_default)
+
+
+def from_wire(raw: bytes) -> Event:
+    data = orjson.loads(raw)
+    cls = _KINDS[data["kind"]]
+    for name in _DECIMAL_FIELDS:
+        if name in data:
+            data[name] = Decimal(data[name])
+    if "conditions" in data:
+        data["conditions"] = tuple(data["conditions"])
+    return cls(**data)
+
+
+def quantize_price(value: Decimal) -> Decimal:
+    return value.quantize(PRICE_PLACES)
