@@ -20,6 +20,7 @@ class Settings(BaseSettings):
 
     redis_port: int = 36379
     redis_url: str | None = None
+    redis_db: int = 0
 
     postgres_port: int = 35432
     postgres_url: str | None = None
@@ -30,6 +31,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 
+    # Prefix for every Kafka topic, so pipelines can share a broker (tests use one each).
+    namespace: str = ""
     venues: str = "iex,nasdaq"  # comma-separated; each reads Kafka topic md.raw.<venue>
     stale_after_s: float = 5.0
     flow_workers: int = 1
@@ -40,7 +43,7 @@ class Settings(BaseSettings):
 
     @property
     def redis(self) -> str:
-        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/{self.redis_db}"
 
     @property
     def postgres(self) -> str:
@@ -53,9 +56,6 @@ class Settings(BaseSettings):
     @property
     def venue_list(self) -> list[str]:
         return [v.strip() for v in self.venues.split(",") if v.strip()]
-
-    def raw_topic(self, venue: str) -> str:
-        return f"md.raw.{venue}"
 
 
 @lru_cache(maxsize=1)

@@ -1,30 +1,60 @@
-"""Kafka topic names and their creation; the names say what each topic carries."""
+"""Kafka topic names and their creation; the names say what each topic carries.
+
+An optional namespace prefixes every name, so several pipelines (tests, demos)
+can share one broker without reading each other's data.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.settings import Settings
 
-QUOTES = "md.quotes"
-TRADES = "md.trades"
-STATUS = "md.status"
-DEADLETTER = "md.deadletter"
 PARTITIONS = 4
 
 
-def raw_topic(venue: str) -> str:
-    return f"md.raw.{venue}"
+@dataclass(frozen=True, slots=True)
+class Topics:
+    namespace: str = ""
+
+    def raw(self, venue: str) -> str:
+        return f"{self.namespace}md.raw.{venue}"
+
+    def venue_of(self, topic: str) -> str:
+        return topic.removeprefix(f"{self.namespace}md.raw.")
+
+    @property
+    def quotes(self) -> str:
+        return f"{self.namespace}md.quotes"
+
+    @property
+    def trades(self) -> str:
+        return f"{self.namespace}md.trades"
+
+    @property
+    def status(self) -> str:
+        return f"{self.namespace}md.status"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.namespace}md.deadletter"
+
+
+def topics_of(settings: Settings) -> Topics:
+    return Topics(settings.namespace)
 
 
 def all_topics(settings: Settings) -> list[str]:
-    return [*(raw_topic(v) for v in settings.venue_list), QUOTES, TRADES, STATUS, DEADLETTER]
+    t = topics_of(settings)
+    return [*(t.raw(v) for v in settings.venue_list), t.quotes, t.trades, t.status, t.deadletter]
 
 
-def ensure_topics(settings: Settings, topics: list[str] | None = None) -> None:
+def ensure_topics(settings: Settings, wanted: list[str] | None = None) -> None:
     """Create missing topics; Bytewax's Kafka source needs them to exist before it starts."""
     admin = AdminClient({"bootstrap.servers": settings.bootstrap})
-    wanted = topics or all_topics(settings)
+    wanted = wanted or all_topics(settings)
     existing = set(admin.list_topics(timeout=10).topics)
     missing = [
         NewTopic(t, num_partitions=PARTITIONS, replication_factor=1)

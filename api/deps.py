@@ -1,0 +1,44 @@
+"""Shared resources injected into routes as annotated types."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from api.errors import invalid
+from infra.candle_store import CandleStore
+from infra.quote_store import QuoteStore
+from infra.settings import Settings
+
+SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,10}$")
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _quotes(request: Request) -> QuoteStore:
+    return request.app.state.quotes
+
+
+def _candles(request: Request) -> CandleStore:
+    return request.app.state.candles
+
+
+def valid_symbol(raw: str) -> str:
+    symbol = raw.strip().upper()
+    if not SYMBOL_RE.match(symbol):
+        raise invalid("invalid_symbol", f"'{raw}' is not a ticker symbol (A-Z, 0-9, '.', '-')")
+    return symbol
+
+
+def _path_symbol(symbol: Annotated[str, Path(description="Ticker, e.g. AAPL")]) -> str:
+    return valid_symbol(symbol)
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+QuotesDep = Annotated[QuoteStore, Depends(_quotes)]
+CandlesDep = Annotated[CandleStore, Depends(_candles)]
+SymbolPath = Annotated[str, Depends(_path_symbol)]

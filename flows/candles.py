@@ -1,0 +1,60 @@
+"""candles: trades and breaks into ClickHouse, 1-minute candles rewritten from them.
+
+    md.trades ─ decode ─► ClickHouse trades / trade_breaks ─► candles_1m (idempotent rewrite)
+
+Run: python -m bytewax.run flows.candles:flow -r .tapeflow/recovery/candles -s 2
+(with TAPEFLOW_CLICKHOUSE_URL set; embedded chDB is hosted by `tapeflow run`.)
+"""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSourceMessage
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from flows.common import source
+from infra.topics import topics_of
+from infra.candle_store import CandleStore
+from infra.clickhouse import shared_clickhouse
+from infra.settings import Settings, get_settings
+from schemas.marketdata import Trade, TradeBreak, from_wire
+
+
+class _CandlePartition(StatelessSinkPartition[Trade | TradeBreak]):
+    def __init__(self, store: CandleStore) -> None:
+        self.store = store
+
+    def write_batch(self, items: list[Trade | TradeBreak]) -> None:
+        self.store.apply(items)
+
+
+class CandleSink(DynamicSink[Trade | TradeBreak]):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CandlePartition:
+        return _CandlePartition(CandleStore(shared_clickhouse(self.settings)))
+
+
+def decode(msg: KafkaSourceMessage) -> Trade | TradeBreak:
+    event = from_wire(msg.value)
+    assert isinstance(event, Trade | TradeBreak), f"unexpected {event.kind} on md.trades"
+    return event
+
+
+def build(settings: Settings) -> Dataflow:
+    t = topics_of(settings)
+    flow = Dataflow("candles")
+    msgs = op.input(
+        "trades",
+        flow,
+        source(
+            settings, [t.trades], "tapeflow-candles", max_wait_ms=250, min_bytes=1 << 20
+        ),)
+    events = op.map("decode", msgs, decode)
+    op.output("one_minute", events, CandleSink(settings))
+    return flow
+
+
+flow = build(get_settings())

@@ -1,0 +1,160 @@
+"""Latest quotes and trading status in Redis, written only forward in event time.
+
+Layout (one hash per symbol keeps a read to a single round trip):
+- quote:{SYM}   field <venue> -> quote JSON, field <venue>:ns -> its event time
+- status:{SYM}  the same shape for trading status per venue
+- symbols       set of every symbol ever seen (unknown symbols answer 404)
+- securities    hash symbol -> security directory entry JSON
+Every accepted write is published on quotes:{SYM} / status:{SYM} for fan-out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import redis
+
+from schemas.marketdata import Event, Quote, Security, Status
+
+# Event times are compared as decimal strings: Lua numbers are doubles and would
+# lose nanoseconds. Equal length strings of digits order like the numbers.
+_WRITE_IF_NEWER = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1] .. ':ns')
+if cur and (#cur > #ARGV[2] or (#cur == #ARGV[2] and cur >= ARGV[2])) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], ARGV[1] .. ':ns', ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return 1
+"""
+
+SYMBOLS_KEY = "symbols"
+SECURITIES_KEY = "securities"
+
+
+def quote_payload(q: Quote) -> bytes:
+    return orjson.dumps(
+        {
+            "T": "q",
+            "symbol": q.symbol,
+            "venue": q.venue,
+            "bid_price": str(q.bid_price),
+            "bid_size": q.bid_size,
+            "ask_price": str(q.ask_price),
+            "ask_size": q.ask_size,
+            "event_ns": q.event_ns,
+            "receive_ns": q.receive_ns,
+        }
+    )
+
+
+def status_payload(s: Status) -> bytes:
+    return orjson.dumps(
+        {
+            "T": "s",
+            "symbol": s.symbol,
+            "venue": s.venue,
+            "state": s.state,
+            "reason": s.reason,
+            "event_ns": s.event_ns,
+            "receive_ns": s.receive_ns,
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredQuote:
+    venue: str
+    bid_price: Decimal
+    bid_size: int
+    ask_price: Decimal
+    ask_size: int
+    event_ns: int
+    receive_ns: int
+
+
+def latest_per_key(events: Iterable[Event]) -> list[Quote | Status | Security]:
+    """Conflate a batch to the newest quote/status per (symbol, venue): older ones would lose anyway."""
+    best: dict[tuple[str, str, str], Quote | Status | Security] = {}
+    for ev in events:
+        if isinstance(ev, Quote | Status | Security):
+            key = (ev.kind, ev.symbol, ev.venue)
+            held = best.get(key)
+            if held is None or ev.event_ns >= held.event_ns:
+                best[key] = ev
+    return list(best.values())
+
+
+class QuoteStore:
+    def __init__(self, url: str) -> None:
+        self.redis = redis.Redis.from_url(url)
+        self._write = self.redis.register_script(_WRITE_IF_NEWER)
+
+    def apply(self, events: Iterable[Event]) -> int:
+        """Write a batch; returns how many writes moved state forward."""
+        pipe = self.redis.pipeline(transaction=False)
+        for ev in latest_per_key(events):
+            if isinstance(ev, Quote):
+                self._write(
+                    keys=[f"quote:{ev.symbol}", SYMBOLS_KEY],
+                    args=[ev.venue, str(ev.event_ns), quote_payload(ev), f"quotes:{ev.symbol}", ev.symbol],
+                    client=pipe,
+                )
+            elif isinstance(ev, Status):
+                self._write(
+                    keys=[f"status:{ev.symbol}", SYMBOLS_KEY],
+                    args=[ev.venue, str(ev.event_ns), status_payload(ev), f"status:{ev.symbol}", ev.symbol],
+                    client=pipe,
+                )
+            elif isinstance(ev, Security):
+                pipe.hset(
+                    SECURITIES_KEY,
+                    ev.symbol,
+                    orjson.dumps({"symbol": ev.symbol, "venue": ev.venue, "round_lot": ev.round_lot,
+                                  "test": ev.test}),
+                )
+                pipe.sadd(SYMBOLS_KEY, ev.symbol)
+        return sum(1 for r in pipe.execute() if r == 1)
+
+    def known(self, symbols: list[str]) -> list[bool]:
+        return [bool(x) for x in self.redis.smismember(SYMBOLS_KEY, symbols)]
+
+    def quotes(self, symbol: str) -> dict[str, StoredQuote]:
+        raw = self.redis.hgetall(f"quote:{symbol}")
+        return {
+            field.decode(): _stored(orjson.loads(value))
+            for field, value in raw.items()
+            if not field.endswith(b":ns")
+        }
+
+    def many_quotes(self, symbols: list[str]) -> dict[str, dict[str, StoredQuote]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for s in symbols:
+            pipe.hgetall(f"quote:{s}")
+        out = {}
+        for s, raw in zip(symbols, pipe.execute(), strict=True):
+            out[s] = {
+                f.decode(): _stored(orjson.loads(v)) for f, v in raw.items() if not f.endswith(b":ns")
+            }
+        return out
+
+    def statuses(self, symbol: str) -> dict[str, dict[str, Any]]:
+        raw = self.redis.hgetall(f"status:{symbol}")
+        return {f.decode(): orjson.loads(v) for f, v in raw.items() if not f.endswith(b":ns")}
+
+
+def _stored(d: dict[str, Any]) -> StoredQuote:
+    return StoredQuote(
+        venue=d["venue"],
+        bid_price=Decimal(d["bid_price"]),
+        bid_size=d["bid_size"],
+        ask_price=Decimal(d["ask_price"]),
+        ask_size=d["ask_size"],
+        event_ns=d["event_ns"],
+        receive_ns=d["receive_ns"],
+    )
