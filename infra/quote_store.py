@@ -20,8 +20,8 @@ import redis
 
 from schemas.marketdata import Event, Quote, Security, Status
 
-# Event times are compared as decimal strings: Lua numbers are doubles and would
-# lose nanoseconds. Equal length strings of digits order like the numbers.
+# Versions (zero-padded event times) are compared as decimal strings: Lua numbers are
+# doubles and would lose nanoseconds. Strings of digits order like the numbers.
 _WRITE_IF_NEWER = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1] .. ':ns')
 if cur and (#cur > #ARGV[2] or (#cur == #ARGV[2] and cur >= ARGV[2])) then
@@ -85,9 +85,13 @@ def latest_per_key(events: Iterable[Event]) -> list[Quote | Status | Security]:
         if isinstance(ev, Quote | Status | Security):
             key = (ev.kind, ev.symbol, ev.venue)
             held = best.get(key)
-            if held is None or ev.event_ns >= held.event_ns:
+            if held is None or _order(ev) >= _order(held):
                 best[key] = ev
     return list(best.values())
+
+
+def _order(ev: Quote | Status | Security) -> str:
+    return ev.version if isinstance(ev, Quote) else f"{ev.event_ns:020d}"
 
 
 class QuoteStore:
@@ -102,13 +106,14 @@ class QuoteStore:
             if isinstance(ev, Quote):
                 self._write(
                     keys=[f"quote:{ev.symbol}", SYMBOLS_KEY],
-                    args=[ev.venue, str(ev.event_ns), quote_payload(ev), f"quotes:{ev.symbol}", ev.symbol],
+                    args=[ev.venue, ev.version, quote_payload(ev), f"quotes:{ev.symbol}", ev.symbol],
                     client=pipe,
                 )
             elif isinstance(ev, Status):
                 self._write(
                     keys=[f"status:{ev.symbol}", SYMBOLS_KEY],
-                    args=[ev.venue, str(ev.event_ns), status_payload(ev), f"status:{ev.symbol}", ev.symbol],
+                    args=[ev.venue, f"{ev.event_ns:020d}", status_payload(ev), f"status:{ev.symbol}",
+                          ev.symbol],
                     client=pipe,
                 )
             elif isinstance(ev, Security):

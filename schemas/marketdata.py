@@ -32,7 +32,15 @@ class Quote:
     ask_size: int
     event_ns: int
     receive_ns: int
+    # NBBO only: the sum of its venue quotes' event times. With event_ns (the newest of
+    # them) it orders NBBO versions: any venue moving forward makes the pair larger.
+    seq: int = 0
     kind: Literal["quote"] = "quote"
+
+    @property
+    def version(self) -> str:
+        """A decimal string that orders quotes of one (symbol, venue) like their versions."""
+        return f"{self.event_ns:020d}{self.seq:022d}"
 
 
 @dataclass(frozen=True, slots=True)

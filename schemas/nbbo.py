@@ -54,7 +54,7 @@ class NbboBook:
                     ask_price, ask_size = q.ask_price, q.ask_size
                 elif q.ask_price == ask_price:
                     ask_size += q.ask_size
-        event_ns = max(q.event_ns for q in self.venues.values())
+        times = [q.event_ns for q in self.venues.values()]
         return Quote(
             symbol=trigger.symbol,
             venue=NBBO_VENUE,
@@ -62,8 +62,9 @@ class NbboBook:
             bid_size=bid_size,
             ask_price=ask_price,
             ask_size=ask_size,
-            event_ns=event_ns,
+            event_ns=max(times),
             receive_ns=trigger.receive_ns,
+            seq=sum(times),
         )
 
 

@@ -50,6 +50,7 @@ class Pipeline:
     """One isolated Tapeflow pipeline: its settings, and its `tapeflow run` process."""
 
     def __init__(self, base: Settings, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
         db = next(_redis_dbs) % 16 or 1
         self.env = {
             "TAPEFLOW_HOME": str(home),
