@@ -14,10 +14,10 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.common import source
-from infra.topics import topics_of
 from infra.candle_store import CandleStore
 from infra.clickhouse import shared_clickhouse
 from infra.settings import Settings, get_settings
+from infra.topics import topics_of
 from schemas.marketdata import Trade, TradeBreak, from_wire
 
 
@@ -49,9 +49,8 @@ def build(settings: Settings) -> Dataflow:
     msgs = op.input(
         "trades",
         flow,
-        source(
-            settings, [t.trades], "tapeflow-candles", max_wait_ms=250, min_bytes=1 << 20
-        ),)
+        source(settings, [t.trades], "tapeflow-candles", max_wait_ms=250, min_bytes=1 << 20),
+    )
     events = op.map("decode", msgs, decode)
     op.output("one_minute", events, CandleSink(settings))
     return flow

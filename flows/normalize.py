@@ -1,7 +1,7 @@
 """normalize: every venue's raw feed into md.quotes / md.trades / md.status, plus the NBBO.
 
     md.raw.<venue> ─ parse ─┬─ malformed ──────────────────────────────► md.deadletter
-                            └─ events ─ key_by_symbol ─ consolidate_nbbo ─► md.quotes | md.trades | md.status
+                            └─ events ─ key_by_symbol ─ consolidate_nbbo ─► md.quotes|trades|status
 
 Run: python -m bytewax.run flows.normalize:flow -w 2 -r .tapeflow/recovery/normalize -s 2
 """
@@ -15,11 +15,12 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 
 from flows.common import deadletter_message, sink, source
-from infra.topics import Topics, topics_of
 from infra.settings import Settings, get_settings
+from infra.topics import Topics, topics_of
 from schemas.feeds import parse_raw
 from schemas.marketdata import Event, Malformed, Quote, to_wire
 from schemas.nbbo import NbboBook
+
 
 def topic_of_kind(t: Topics) -> dict[str, str]:
     return {
@@ -70,7 +71,9 @@ def build(settings: Settings) -> Dataflow:
     keyed = op.key_on("key_by_symbol", branch.falses, lambda e: e.symbol)
     consolidated = op.stateful_map("consolidate_nbbo", keyed, consolidate)
     events = op.flat_map("flatten", consolidated, lambda kv: kv[1])
-    out = op.merge("all_out", op.map("to_messages", events, lambda e: to_message(e, topic_of)), dead)
+    out = op.merge(
+        "all_out", op.map("to_messages", events, lambda e: to_message(e, topic_of)), dead
+    )
     op.output("publish", out, sink(settings))
     return flow
 

@@ -13,9 +13,9 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.common import source
-from infra.topics import topics_of
 from infra.quote_store import QuoteStore
 from infra.settings import Settings, get_settings
+from infra.topics import topics_of
 from schemas.marketdata import Event, from_wire
 
 
@@ -42,9 +42,7 @@ def decode(msg: KafkaSourceMessage) -> Event:
 def build(settings: Settings) -> Dataflow:
     t = topics_of(settings)
     flow = Dataflow("quotes")
-    msgs = op.input(
-        "normalized", flow, source(settings, [t.quotes, t.status], "tapeflow-quotes")
-    )
+    msgs = op.input("normalized", flow, source(settings, [t.quotes, t.status], "tapeflow-quotes"))
     events = op.map("decode", msgs, decode)
     op.output("to_redis", events, RedisQuoteSink(settings.redis))
     return flow

@@ -86,7 +86,7 @@ class CandleStore:
         self.ch = ch
 
     def apply(self, events: Iterable[Trade | TradeBreak]) -> int:
-        """Record trades and breaks, then rewrite every minute they touch. Returns minutes rewritten."""
+        """Record trades and breaks, rewrite every minute they touch; return how many."""
         trades = [e for e in events if isinstance(e, Trade)]
         breaks = [e for e in events if isinstance(e, TradeBreak)]
         self.ch.insert("trades", [_trade_row(t) for t in trades], TRADE_COLUMNS)

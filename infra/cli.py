@@ -15,7 +15,9 @@ import typer
 
 from infra.settings import Settings, get_settings
 
-app = typer.Typer(help="Tapeflow: a brokerage back end built as a stream pipeline.", no_args_is_help=True)
+app = typer.Typer(
+    help="Tapeflow: a brokerage back end built as a stream pipeline.", no_args_is_help=True
+)
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "session-2026-11-24"
 CSV_HEADER = ["symbol", "start", "open", "high", "low", "close", "volume", "vwap", "trades"]
@@ -64,7 +66,9 @@ def status() -> None:
 @app.command()
 def run(
     api: Annotated[bool, typer.Option(help="Serve the HTTP API in this process")] = True,
-    flows: Annotated[str, typer.Option(help="Comma-separated flows to host")] = "normalize,quotes,candles",
+    flows: Annotated[
+        str, typer.Option(help="Comma-separated flows to host")
+    ] = "normalize,quotes,candles",
     workers: Annotated[int, typer.Option(min=1, help="Bytewax workers per flow")] = 1,
 ) -> None:
     """Host the API and the flows in one process (what embedded chDB needs)."""
@@ -75,22 +79,29 @@ def run(
 
 @app.command()
 def replay(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".jsonl or .tops recording")],
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help=".jsonl or .tops recording")
+    ],
     venue: Annotated[str, typer.Option(help="Publish to md.raw.<venue>")],
     speed: Annotated[float, typer.Option(min=0.001, help="Times faster than recorded")] = 1.0,
     max_speed: Annotated[bool, typer.Option("--max", help="As fast as possible")] = False,
 ) -> None:
     """Publish a recording into Kafka at recorded speed, N times faster, or flat out."""
     from infra.replay import replay as do_replay
-
     from infra.topics import topics_of
 
     settings = _settings()
     stats = do_replay(
-        file, venue, settings.bootstrap, None if max_speed else speed, topics_of(settings).raw(venue)
+        file,
+        venue,
+        settings.bootstrap,
+        None if max_speed else speed,
+        topics_of(settings).raw(venue),
     )
-    typer.echo(f"replayed {stats.messages} messages to md.raw.{venue} in {stats.seconds:.2f} s "
-               f"({stats.rate:,.0f}/s)")
+    typer.echo(
+        f"replayed {stats.messages} messages to md.raw.{venue} in {stats.seconds:.2f} s "
+        f"({stats.rate:,.0f}/s)"
+    )
 
 
 @app.command()
@@ -111,8 +122,13 @@ def record(
         from infra.topics import topics_of
 
         settings = _settings()
-        n = record_kafka(topics_of(settings).raw(venue), out, settings.bootstrap,
-                         duration_s=duration, from_beginning=from_beginning)
+        n = record_kafka(
+            topics_of(settings).raw(venue),
+            out,
+            settings.bootstrap,
+            duration_s=duration,
+            from_beginning=from_beginning,
+        )
     typer.echo(f"recorded {n} messages to {out}")
 
 
@@ -130,8 +146,13 @@ def simulate(
     from infra.simulate import write_session
 
     paths = write_session(
-        out, date=date.fromisoformat(day), symbols=symbols, seed=seed, minutes=minutes,
-        start=start, malformed_rate=malformed_rate,
+        out,
+        date=date.fromisoformat(day),
+        symbols=symbols,
+        seed=seed,
+        minutes=minutes,
+        start=start,
+        malformed_rate=malformed_rate,
     )
     for venue, path in paths.items():
         typer.echo(f"{venue}: {path}")
@@ -173,8 +194,9 @@ def candles(
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     for c in body["candles"]:
-        writer.writerow([body["symbol"], c["start"], *(("" if c[k] is None else c[k])
-                         for k in CSV_HEADER[2:])])
+        writer.writerow(
+            [body["symbol"], c["start"], *(("" if c[k] is None else c[k]) for k in CSV_HEADER[2:])]
+        )
 
 
 def _candles_via_api(symbol: str, params: dict) -> dict:
@@ -198,7 +220,9 @@ def _candles_via_api(symbol: str, params: dict) -> dict:
 
 @app.command()
 def demo(
-    speed: Annotated[float, typer.Option(help="Replay speed; the sample is 30 minutes long")] = 10.0,
+    speed: Annotated[
+        float, typer.Option(help="Replay speed; the sample is 30 minutes long")
+    ] = 10.0,
     recording: Annotated[Path, typer.Option(help="Folder of a recorded session")] = SAMPLE,
     hold: Annotated[bool, typer.Option(help="Keep serving after the replay until Ctrl-C")] = True,
 ) -> None:

@@ -79,7 +79,7 @@ class StoredQuote:
 
 
 def latest_per_key(events: Iterable[Event]) -> list[Quote | Status | Security]:
-    """Conflate a batch to the newest quote/status per (symbol, venue): older ones would lose anyway."""
+    """Conflate a batch to the newest event per (kind, symbol, venue); older ones would lose."""
     best: dict[tuple[str, str, str], Quote | Status | Security] = {}
     for ev in events:
         if isinstance(ev, Quote | Status | Security):
@@ -106,22 +106,39 @@ class QuoteStore:
             if isinstance(ev, Quote):
                 self._write(
                     keys=[f"quote:{ev.symbol}", SYMBOLS_KEY],
-                    args=[ev.venue, ev.version, quote_payload(ev), f"quotes:{ev.symbol}", ev.symbol],
+                    args=[
+                        ev.venue,
+                        ev.version,
+                        quote_payload(ev),
+                        f"quotes:{ev.symbol}",
+                        ev.symbol,
+                    ],
                     client=pipe,
                 )
             elif isinstance(ev, Status):
                 self._write(
                     keys=[f"status:{ev.symbol}", SYMBOLS_KEY],
-                    args=[ev.venue, f"{ev.event_ns:020d}", status_payload(ev), f"status:{ev.symbol}",
-                          ev.symbol],
+                    args=[
+                        ev.venue,
+                        f"{ev.event_ns:020d}",
+                        status_payload(ev),
+                        f"status:{ev.symbol}",
+                        ev.symbol,
+                    ],
                     client=pipe,
                 )
             elif isinstance(ev, Security):
                 pipe.hset(
                     SECURITIES_KEY,
                     ev.symbol,
-                    orjson.dumps({"symbol": ev.symbol, "venue": ev.venue, "round_lot": ev.round_lot,
-                                  "test": ev.test}),
+                    orjson.dumps(
+                        {
+                            "symbol": ev.symbol,
+                            "venue": ev.venue,
+                            "round_lot": ev.round_lot,
+                            "test": ev.test,
+                        }
+                    ),
                 )
                 pipe.sadd(SYMBOLS_KEY, ev.symbol)
         return sum(1 for r in pipe.execute() if r == 1)
@@ -144,7 +161,9 @@ class QuoteStore:
         out = {}
         for s, raw in zip(symbols, pipe.execute(), strict=True):
             out[s] = {
-                f.decode(): _stored(orjson.loads(v)) for f, v in raw.items() if not f.endswith(b":ns")
+                f.decode(): _stored(orjson.loads(v))
+                for f, v in raw.items()
+                if not f.endswith(b":ns")
             }
         return out
 

@@ -38,7 +38,9 @@ class ReplayStats:
         return self.messages / self.seconds if self.seconds else 0.0
 
 
-def paced(records: Iterable[Record], speed: float | None, clock: Callable[[], int] = time.monotonic_ns):
+def paced(
+    records: Iterable[Record], speed: float | None, clock: Callable[[], int] = time.monotonic_ns
+):
     """Yield records no sooner than their recorded spacing divided by speed (None: at once)."""
     start_wall = start_event = None
     for rec in records:

@@ -49,7 +49,9 @@ def start_flows(settings: Settings, names: tuple[str, ...] = FLOWS, workers: int
         ).start()
 
 
-def run(settings: Settings, *, api: bool = True, flows: tuple[str, ...] = FLOWS, workers: int = 1) -> None:
+def run(
+    settings: Settings, *, api: bool = True, flows: tuple[str, ...] = FLOWS, workers: int = 1
+) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     start_flows(settings, flows, workers)
     if api:

@@ -81,7 +81,11 @@ class Pipeline:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "infra.cli", "run", "--workers", str(workers)],
-                cwd=ROOT, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

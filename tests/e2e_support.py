@@ -91,8 +91,11 @@ def eventually(probe: Callable[[], T], done: Callable[[T], bool], timeout_s: flo
 def read_topic(bootstrap: str, topic: str, idle_s: float = 2.0) -> list:
     """Every message of a topic from the start, until it has been idle for idle_s."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"check-{time.time_ns()}",
-         "enable.auto.commit": "false"}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{time.time_ns()}",
+            "enable.auto.commit": "false",
+        }
     )
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])

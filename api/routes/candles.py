@@ -26,8 +26,12 @@ def get_candles(
     candles: CandlesDep,
     quotes: QuotesDep,
     interval: Annotated[Interval, Query(description="Bar size")] = "1m",
-    start: Annotated[datetime | None, Query(description="First bar start, inclusive (RFC 3339)")] = None,
-    end: Annotated[datetime | None, Query(description="Bars starting before this (RFC 3339)")] = None,
+    start: Annotated[
+        datetime | None, Query(description="First bar start, inclusive (RFC 3339)")
+    ] = None,
+    end: Annotated[
+        datetime | None, Query(description="Bars starting before this (RFC 3339)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000, description="Most bars to return")] = 1000,
 ) -> CandlesOut:
     """1-minute candles and rollups (5m, 15m, 1h aligned to New York clock time; 1d to the
@@ -45,8 +49,14 @@ def get_candles(
         interval=interval,
         candles=[
             CandleOut(
-                start=b.start, open=b.open, high=b.high, low=b.low, close=b.close,
-                volume=b.volume, vwap=b.vwap, trades=b.trades,
+                start=b.start,
+                open=b.open,
+                high=b.high,
+                low=b.low,
+                close=b.close,
+                volume=b.volume,
+                vwap=b.vwap,
+                trades=b.trades,
             )
             for b in bars
         ],

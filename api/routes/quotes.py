@@ -43,7 +43,9 @@ def _symbol_quote(store: QuoteStore, symbol: str, stored: dict[str, StoredQuote]
         nbbo=_quote(nbbo, now, stale_ns) if nbbo else None,
         venues=venues,
         status={
-            v: VenueStatusOut(state=s["state"], reason=s["reason"], as_of=format_time(s["event_ns"]))
+            v: VenueStatusOut(
+                state=s["state"], reason=s["reason"], as_of=format_time(s["event_ns"])
+            )
             for v, s in statuses.items()
         },
     )
