@@ -88,6 +88,12 @@ def test_replayed_session_gives_independently_computed_candles_and_quotes(pipeli
     assert_candles_and_quotes(pipeline, expected)
 
 
+def test_two_workers_per_flow_give_the_same_candles_and_quotes(pipeline, expected):
+    pipeline.start(workers=2)
+    replay_all(pipeline, speed=None)
+    assert_candles_and_quotes(pipeline, expected)
+
+
 def test_killed_and_restarted_pipeline_ends_identical(pipeline, expected):
     pipeline.start()
     feeder = threading.Thread(target=replay_all, args=(pipeline, 60.0))
