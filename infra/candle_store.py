@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from zoneinfo import ZoneInfo
+
 from infra.clickhouse import ClickHouse
 from schemas.candles import MINUTE_NS, Candle, minute_start, vwap
 from schemas.marketdata import Trade, TradeBreak
 
+NEW_YORK = ZoneInfo("America/New_York")
 INTERVALS: dict[str, int] = {"1m": 1, "5m": 5, "15m": 15, "1h": 60, "1d": 1440}
 TRADE_COLUMNS = [
     "symbol",
@@ -59,6 +62,7 @@ WHERE symbol IN %(symbols)s AND (symbol, minute) IN %(keys)s
   AND (symbol, venue, trade_id) NOT IN (
       SELECT symbol, venue, trade_id FROM trade_breaks WHERE symbol IN %(symbols)s)
 GROUP BY symbol, minute
+HAVING countIf(updates_volume = 1) > 0
 """
 
 
@@ -87,6 +91,7 @@ class CandleStore:
 
     def apply(self, events: Iterable[Trade | TradeBreak]) -> int:
         """Record trades and breaks, rewrite every minute they touch; return how many."""
+        events = list(events)
         trades = [e for e in events if isinstance(e, Trade)]
         breaks = [e for e in events if isinstance(e, TradeBreak)]
         self.ch.insert("trades", [_trade_row(t) for t in trades], TRADE_COLUMNS)
@@ -220,6 +225,14 @@ class CandleStore:
         ]
 
 
+def next_bucket_start(start: datetime, interval: str) -> datetime:
+    """Where the bucket after the one starting at `start` begins (days follow New York)."""
+    if interval != "1d":
+        return start + timedelta(minutes=INTERVALS[interval])
+    local = start.astimezone(NEW_YORK).date() + timedelta(days=1)
+    return datetime.combine(local, datetime.min.time(), NEW_YORK).astimezone(UTC)
+
+
 def _trade_row(t: Trade) -> list:
     return [
         t.symbol,
@@ -235,4 +248,4 @@ def _trade_row(t: Trade) -> list:
     ]
 
 
-__all__ = ["INTERVALS", "MINUTE_NS", "Bar", "CandleStore"]
+__all__ = ["INTERVALS", "MINUTE_NS", "Bar", "CandleStore", "next_bucket_start"]

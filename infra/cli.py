@@ -176,16 +176,22 @@ def candles(
     interval: Annotated[str, typer.Option(help="1m, 5m, 15m, 1h or 1d")] = "1m",
     start: Annotated[str | None, typer.Option(help="RFC 3339, inclusive")] = None,
     end: Annotated[str | None, typer.Option(help="RFC 3339, exclusive")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 10_000,
+    limit: Annotated[int, typer.Option(min=1, help="Most candles to print")] = 1_000_000,
     fmt: Annotated[Literal["csv", "json"], typer.Option("--format")] = "csv",
 ) -> None:
     """Print candles, the same ones GET /v1/candles serves."""
-    params = {"interval": interval, "limit": limit}
+    params: dict = {"interval": interval, "limit": min(limit, 10_000)}
     for name, value in (("start", start), ("end", end)):
         parsed = _parse_time(name, value)
         if parsed:
             params[name] = parsed.isoformat()
     body = _candles_via_api(symbol, params)
+    # Follow next_start until the range or the limit is exhausted.
+    while body["next_start"] and len(body["candles"]) < limit:
+        params |= {"start": body["next_start"], "limit": limit - len(body["candles"])}
+        page = _candles_via_api(symbol, params)
+        body["candles"] += page["candles"]
+        body["next_start"] = page["next_start"]
     if fmt == "json":
         import orjson
 

@@ -91,14 +91,34 @@ class ClickHouse:
 
 
 _shared: ClickHouse | None = None
+_shared_target: str | None = None
 _shared_lock = threading.Lock()
+
+
+def _target(settings: Settings) -> str:
+    return settings.clickhouse_url or str(settings.chdb_path)
 
 
 def shared_clickhouse(settings: Settings) -> ClickHouse:
     """One client per process: chDB allows a single owner of its data directory."""
-    global _shared
+    global _shared, _shared_target
     with _shared_lock:
+        if _shared is not None and _shared_target != _target(settings):
+            raise RuntimeError(
+                f"this process already uses ClickHouse at {_shared_target}; "
+                f"release_shared_clickhouse() before opening {_target(settings)}"
+            )
         if _shared is None:
             _shared = ClickHouse(settings)
             _shared.migrate()
+            _shared_target = _target(settings)
         return _shared
+
+
+def release_shared_clickhouse() -> None:
+    """Close the process's client so another data directory can be opened (tests, CLI)."""
+    global _shared, _shared_target
+    with _shared_lock:
+        if _shared is not None:
+            _shared.close()
+        _shared, _shared_target = None, None

@@ -3,9 +3,10 @@
 Layout (one hash per symbol keeps a read to a single round trip):
 - quote:{SYM}   field <venue> -> quote JSON, field <venue>:ns -> its event time
 - status:{SYM}  the same shape for trading status per venue
+- security:{SYM} the same shape for security directory entries per venue
 - symbols       set of every symbol ever seen (unknown symbols answer 404)
-- securities    hash symbol -> security directory entry JSON
-Every accepted write is published on quotes:{SYM} / status:{SYM} for fan-out.
+Every accepted write is published on quotes:{SYM}, status:{SYM} or
+securities:{SYM} for fan-out.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ return 1
 """
 
 SYMBOLS_KEY = "symbols"
-SECURITIES_KEY = "securities"
 
 
 def quote_payload(q: Quote) -> bytes:
@@ -85,9 +85,30 @@ def latest_per_key(events: Iterable[Event]) -> list[Quote | Status | Security]:
         if isinstance(ev, Quote | Status | Security):
             key = (ev.kind, ev.symbol, ev.venue)
             held = best.get(key)
-            if held is None or _order(ev) >= _order(held):
+            if held is None or _order(ev) > _order(held):
                 best[key] = ev
     return list(best.values())
+
+
+def security_payload(s: Security) -> bytes:
+    return orjson.dumps(
+        {
+            "T": "d",
+            "symbol": s.symbol,
+            "venue": s.venue,
+            "round_lot": s.round_lot,
+            "test": s.test,
+            "event_ns": s.event_ns,
+        }
+    )
+
+
+# Redis key prefix, pub/sub channel prefix and payload of each stored kind.
+_LAYOUT = {
+    "quote": ("quote", "quotes", quote_payload),
+    "status": ("status", "status", status_payload),
+    "security": ("security", "securities", security_payload),
+}
 
 
 def _order(ev: Quote | Status | Security) -> str:
@@ -103,44 +124,12 @@ class QuoteStore:
         """Write a batch; returns how many writes moved state forward."""
         pipe = self.redis.pipeline(transaction=False)
         for ev in latest_per_key(events):
-            if isinstance(ev, Quote):
-                self._write(
-                    keys=[f"quote:{ev.symbol}", SYMBOLS_KEY],
-                    args=[
-                        ev.venue,
-                        ev.version,
-                        quote_payload(ev),
-                        f"quotes:{ev.symbol}",
-                        ev.symbol,
-                    ],
-                    client=pipe,
-                )
-            elif isinstance(ev, Status):
-                self._write(
-                    keys=[f"status:{ev.symbol}", SYMBOLS_KEY],
-                    args=[
-                        ev.venue,
-                        f"{ev.event_ns:020d}",
-                        status_payload(ev),
-                        f"status:{ev.symbol}",
-                        ev.symbol,
-                    ],
-                    client=pipe,
-                )
-            elif isinstance(ev, Security):
-                pipe.hset(
-                    SECURITIES_KEY,
-                    ev.symbol,
-                    orjson.dumps(
-                        {
-                            "symbol": ev.symbol,
-                            "venue": ev.venue,
-                            "round_lot": ev.round_lot,
-                            "test": ev.test,
-                        }
-                    ),
-                )
-                pipe.sadd(SYMBOLS_KEY, ev.symbol)
+            key, channel, payload = _LAYOUT[ev.kind]
+            self._write(
+                keys=[f"{key}:{ev.symbol}", SYMBOLS_KEY],
+                args=[ev.venue, _order(ev), payload(ev), f"{channel}:{ev.symbol}", ev.symbol],
+                client=pipe,
+            )
         return sum(1 for r in pipe.execute() if r == 1)
 
     def known(self, symbols: list[str]) -> list[bool]:

@@ -26,7 +26,8 @@ class NbboBook:
     def update(self, quote: Quote) -> Quote | None:
         """Apply one venue quote; return the new NBBO if it changed."""
         held = self.venues.get(quote.venue)
-        if held is not None and held.event_ns > quote.event_ns:
+        # Equal time is not newer: the quote store keeps the first of two such quotes too.
+        if held is not None and held.event_ns >= quote.event_ns:
             return None
         self.venues[quote.venue] = quote
         nbbo = self._consolidate(quote)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from api.deps import CandlesDep, QuotesDep, SymbolPath
 from api.errors import ERROR_RESPONSES, invalid, not_found
 from api.models import CandleOut, CandlesOut, Interval
-from infra.candle_store import INTERVALS
+from infra.candle_store import next_bucket_start
 
 router = APIRouter(prefix="/v1/candles", tags=["candles"], responses=ERROR_RESPONSES)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -43,7 +43,6 @@ def get_candles(
     if not quotes.known([symbol])[0] and not candles.known_symbol(symbol):
         raise not_found("symbol_not_found", f"no market data for symbol '{symbol}'")
     bars = candles.candles(symbol, interval, lo, hi, limit)
-    step = timedelta(minutes=INTERVALS[interval])
     return CandlesOut(
         symbol=symbol,
         interval=interval,
@@ -60,5 +59,5 @@ def get_candles(
             )
             for b in bars
         ],
-        next_start=bars[-1].start + step if len(bars) == limit else None,
+        next_start=next_bucket_start(bars[-1].start, interval) if len(bars) == limit else None,
     )
