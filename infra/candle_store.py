@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-
 from zoneinfo import ZoneInfo
 
 from infra.clickhouse import ClickHouse
