@@ -48,6 +48,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -148,7 +149,31 @@ def _expect(s: str, pos: int, chars: str) -> None:
         raise ValueError(f"expected {chars!r} at {pos} in {s!r}")
 
 
+# Feeds stamp UTC ('Z') and many messages share a second: the common shape takes a
+# regex match and a cached lookup of its whole-second part instead of a full parse.
+_UTC_TIME = re.compile(r"(\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?[Zz]\Z")
+
+
+@lru_cache(maxsize=4096)
+def _utc_seconds(head: str) -> int:
+    return _parse_time_full(head + "Z") // 1_000_000_000
+
+
 def parse_time(s: str) -> int:
+    """RFC 3339 date-time -> integer ns since the epoch, UTC. Raises ValueError.
+
+    Accepts 0..9 fractional digits, 'Z'/'z' or ±hh:mm, 'T'/'t' separator; rejects
+    leap seconds (:60), impossible dates and anything else.
+    """
+    match = _UTC_TIME.match(s) if s.isascii() else None
+    if match is None:
+        return _parse_time_full(s)
+    head, fraction = match.groups()
+    ns = _utc_seconds(head) * 1_000_000_000
+    return ns + int(fraction) * _FRACTION_SCALE[len(fraction)] if fraction else ns
+
+
+def _parse_time_full(s: str) -> int:
     """RFC 3339 date-time -> integer ns since the epoch, UTC. Raises ValueError.
 
     Accepts 0..9 fractional digits, 'Z'/'z' or ±hh:mm, 'T'/'t' separator; rejects

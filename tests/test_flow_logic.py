@@ -71,11 +71,15 @@ def run_normalize(
     monkeypatch: pytest.MonkeyPatch, msgs: list[KafkaSourceMessage], namespace: str = ""
 ) -> list[KafkaSinkMessage]:
     """Run flows.normalize.build with TestingSource/TestingSink in place of Kafka."""
-    out: list[KafkaSinkMessage] = []
+    batches: list = []
     monkeypatch.setattr(normalize, "source", lambda *a, **k: TestingSource(msgs))
-    monkeypatch.setattr(normalize, "sink", lambda *a, **k: TestingSink(out))
+    monkeypatch.setattr(normalize, "batch_sink", lambda *a, **k: TestingSink(batches))
     run_main(normalize.build(Settings(namespace=namespace, venues="iex,nasdaq")))
-    return out
+    return [
+        KafkaSinkMessage(key=key, value=value, topic=topic, headers=headers or [])
+        for batch in batches
+        for topic, key, value, headers in batch
+    ]
 
 
 def raw(topic: str, value: bytes) -> KafkaSourceMessage:
