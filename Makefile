@@ -1,5 +1,5 @@
 # The two commands of the README. Each sets up what it needs on a fresh machine.
-.PHONY: demo test bootstrap lint bench
+.PHONY: demo test bootstrap lint bench bench-stream
 
 bootstrap:
 	@bash infra/bootstrap.sh
@@ -18,3 +18,7 @@ lint: bootstrap
 bench: bootstrap
 	.venv/bin/tapeflow up
 	.venv/bin/python -m bench.pipeline
+
+bench-stream: bootstrap
+	.venv/bin/tapeflow up
+	.venv/bin/python -m bench.stream

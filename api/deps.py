@@ -6,8 +6,10 @@ import re
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from psycopg_pool import ConnectionPool
 
 from api.errors import invalid
+from infra import db
 from infra.candle_store import CandleStore
 from infra.quote_store import QuoteStore
 from infra.settings import Settings
@@ -27,6 +29,11 @@ def _candles(request: Request) -> CandleStore:
     return request.app.state.candles
 
 
+def _db(request: Request) -> ConnectionPool:
+    # The process's pool, opened by the first request that needs PostgreSQL.
+    return db.pool(request.app.state.settings.postgres)
+
+
 def valid_symbol(raw: str) -> str:
     symbol = raw.strip().upper()
     if not SYMBOL_RE.match(symbol):
@@ -42,3 +49,4 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 QuotesDep = Annotated[QuoteStore, Depends(_quotes)]
 CandlesDep = Annotated[CandleStore, Depends(_candles)]
 SymbolPath = Annotated[str, Depends(_path_symbol)]
+DbDep = Annotated[ConnectionPool, Depends(_db)]

@@ -18,9 +18,12 @@ class ErrorBody(BaseModel):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers
 
 
 def not_found(code: str, message: str) -> ApiError:
@@ -31,16 +34,36 @@ def invalid(code: str, message: str) -> ApiError:
     return ApiError(422, code, message)
 
 
+def conflict(code: str, message: str) -> ApiError:
+    return ApiError(409, code, message)
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "Not found"},
     422: {"model": ErrorBody, "description": "Invalid parameters"},
+}
+# Every route behind a Bearer token may also answer these (see api/auth.py).
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": ErrorBody,
+        "description": "Missing, malformed, unknown or revoked token (code `unauthorized`)",
+    },
+    429: {
+        "model": ErrorBody,
+        "description": "The key's rate limit is exhausted (code `rate_limited`); "
+        "retry after the `Retry-After` header's seconds",
+    },
 }
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"code": exc.code, "message": exc.message}, status_code=exc.status)
+        return JSONResponse(
+            {"code": exc.code, "message": exc.message},
+            status_code=exc.status,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -44,6 +44,7 @@ from schemas.marketdata import Quote
 VENUE = "nasdaq"
 SYMBOL_PREFIX = "ZQ"
 MS = 1_000_000
+IDLE_S = 3.0  # seconds of no traffic measured before the timed run
 QUIET_CORES = 0.3  # other processes must use less before the run starts
 
 
@@ -200,6 +201,13 @@ def prime(pipe: BenchPipeline, plan: Plan, prod: Producer, base_ns: int) -> None
 # ---------------------------------------------------------------- the run
 
 
+def idle_cores(pids: dict[str, list[int]], seconds: float = IDLE_S) -> dict[str, float]:
+    """What the running pipeline (and Kafka, Redis) cost with no traffic at all."""
+    before = CpuBook.take(pids)
+    time.sleep(seconds)
+    return cores_between(before, CpuBook.take(pids))
+
+
 @dataclass
 class LatencyResult:
     plan: Plan
@@ -207,28 +215,38 @@ class LatencyResult:
     received: Received
     stats: SendStats
     drained: bool
+    idle: dict[str, float]  # cores with the pipeline up and no traffic
     others_before: float = 0.0
 
-    def latencies_ms(self) -> list[float]:
-        """Per observed venue quote sent after warm-up, receive - send, sorted."""
+    def _observed(self, first: int) -> list[tuple[int, int, int, int]]:
+        """(index, send ns, parse ns, pub/sub receive ns) of observed quotes from `first` on."""
         out = []
-        s = self.sent
-        for i in range(self.plan.warm, self.plan.total):
-            at = self.received.at.get((s.keys[i].decode(), s.event_ns[i]))
-            if at is not None:
-                out.append((at - s.at[i]) / 1e6)
-        out.sort()
+        s, at = self.sent, self.received.at
+        for i in range(first, self.plan.total):
+            seen = at.get((s.keys[i].decode(), s.event_ns[i]))
+            if seen is not None:
+                out.append((i, s.at[i], seen[1], seen[0]))
+        return out
+
+    def latencies_ms(self) -> dict[str, list[float]]:
+        """Sorted latencies (ms) of the quotes sent after warm-up: end to end, and split at
+        the moment normalize parsed the message (the receive_ns it stamps)."""
+        rows = self._observed(self.plan.warm)
+        out = {
+            "total": [(recv - sent) / 1e6 for _, sent, _, recv in rows],
+            "to_parse": [(parsed - sent) / 1e6 for _, sent, parsed, _ in rows],
+            "after_parse": [(recv - parsed) / 1e6 for _, _, parsed, recv in rows],
+        }
+        for values in out.values():
+            values.sort()
         return out
 
     def per_second_p99(self) -> list[float]:
         """p99 (ms) of the quotes sent in each whole second, from the start of sending."""
         buckets: dict[int, list[float]] = {}
-        s = self.sent
-        for i in range(self.plan.total):
-            at = self.received.at.get((s.keys[i].decode(), s.event_ns[i]))
-            if at is not None:
-                second = (s.at[i] - s.at[0]) // 1_000_000_000
-                buckets.setdefault(second, []).append((at - s.at[i]) / 1e6)
+        start = self.sent.at[0]
+        for _, sent, _, recv in self._observed(0):
+            buckets.setdefault((sent - start) // 1_000_000_000, []).append((recv - sent) / 1e6)
         return [percentile(sorted(v), 99) for _, v in sorted(buckets.items())]
 
 
@@ -274,7 +292,8 @@ class _Listener:
     def collect(self) -> Received:
         self.stop.set()
         self.process.join(120)
-        return pickle.loads(self.out_path.read_bytes())
+        received: Received = pickle.loads(self.out_path.read_bytes())
+        return received
 
 
 def _timed(
@@ -284,8 +303,9 @@ def _timed(
     base_ns = time.time_ns()
     prime(pipe, plan, prod, base_ns)
     sent = encode_all(plan, base_ns)
+    idle = idle_cores(pids)
     stats = Pacer(plan, sent, prod, pipe.topics.raw(VENUE), pids).run()
     prod.flush(30)
     drained = wait_in_redis(pipe, last_per_symbol(sent, plan, plan.total), 30)
     time.sleep(0.5)  # the PUBLISH of the last write is on its way to the subscriber
-    return LatencyResult(plan, sent, listener.collect(), stats, drained)
+    return LatencyResult(plan, sent, listener.collect(), stats, drained, idle)

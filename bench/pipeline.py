@@ -20,10 +20,12 @@ from collections.abc import Callable
 
 import redis
 
-from bench.latency import LatencyResult, Plan, run_latency
+from bench.auth import api_headers
+from bench.latency import IDLE_S, LatencyResult, Plan, run_latency
 from bench.machine import machine_lines, median, percentile
 from bench.throughput import (
     QUIET_CORES,
+    RunOptions,
     RunResult,
     Session,
     make_session,
@@ -136,6 +138,12 @@ def run_row(i: int, r: RunResult) -> tuple[str, dict[str, float | None]]:
         _c(figures["others"]),
     ]
     line = _table_line(cells) + ("  TIMED OUT" if r.timed_out else "")
+    if r.redis_went_back:
+        line += "  (quotes vanished from our Redis database mid-run: flushed by another process?)"
+    if r.api_refusals:
+        line += f"  (the API refused {r.api_refusals} candle reads)"
+    if figures["others"] is not None and figures["others"] >= QUIET_CORES:
+        line += "  (other processes were busy: not representative)"
     if r.others_before >= QUIET_CORES:
         line += f"  (machine not quiet before: others used {r.others_before:.2f} cores)"
     return line, figures
@@ -223,17 +231,17 @@ def part_throughput(base: Settings, args: argparse.Namespace) -> dict[str, float
         say(
             "each run: fresh pipeline; the recordings replayed flat out into md.raw.* first, "
             "then `tapeflow run` started;\n"
-            "times are from the first normalize output (start = seconds from spawn to it), "
-            "sampled every 0.2 s"
+            "times (s) are from the first normalize output, sampled every 0.2 s"
         )
         say(THROUGHPUT_LEGEND)
         say("\n".join(["", *(_header_line(h) for h in THROUGHPUT_HEADER)]))
         rows = []
-        for i in range(1, args.repeat + 1):
-            result = run_once(base, session, args.run_timeout, args.quiet_timeout)
-            line, figures = run_row(i, result)
-            say(line)
-            rows.append(figures)
+        with api_headers(base) as headers:
+            opts = RunOptions(args.run_timeout, args.quiet_timeout, headers)
+            for i in range(1, args.repeat + 1):
+                line, figures = run_row(i, run_once(base, session, opts))
+                say(line)
+                rows.append(figures)
         return summarize(rows)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -252,6 +260,7 @@ def part_latency(base: Settings, args: argparse.Namespace) -> float:
 def report_latency(r: LatencyResult) -> float:
     plan, st = r.plan, r.stats
     lat = r.latencies_ms()
+    total = lat["total"]
     counted = plan.total - plan.warm
     say(
         f"offered: {plan.total:,} JSON quote lines, 1 per Kafka message, round-robin over "
@@ -264,15 +273,14 @@ def report_latency(r: LatencyResult) -> float:
         f"drained: {'yes' if r.drained else 'NO (gave up after 30 s)'}"
     )
     say(
-        f"observed: {len(lat):,} of {counted:,} venue quotes published on quotes:* "
-        f"({len(lat) / counted:.1%}); the rest were conflated by the quotes flow "
+        f"observed: {len(total):,} of {counted:,} venue quotes published on quotes:* "
+        f"({len(total) / counted:.1%}); the rest were conflated by the quotes flow "
         f"(newest per symbol and batch); {r.received.nbbo:,} NBBO messages skipped"
     )
-    qs = [("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9), ("max", 100)]
-    say(
-        "latency (ms), send -> pub/sub receive: "
-        + "  ".join(f"{name} {percentile(lat, q):.1f}" for name, q in qs)
-    )
+    say("latency (ms)                    p50     p90     p99   p99.9     max")
+    for key, label in LATENCY_ROWS:
+        cells = "".join(f"{percentile(lat[key], q):8.1f}" for q in (50, 90, 99, 99.9, 100))
+        say(f"  {label:<28}{cells}")
     say(
         "p99 per second of sending (ms, warm-up included): "
         + " ".join(f"{x:.0f}" for x in r.per_second_p99())
@@ -282,7 +290,24 @@ def report_latency(r: LatencyResult) -> float:
         + ", ".join(f"{name} {cores:.2f}" for name, cores in st.cpu.items())
         + f"; other processes just before the run {r.others_before:.2f}"
     )
-    return percentile(lat, 99)
+    say(
+        f"CPU idle, pipeline up and no traffic for {IDLE_S:g} s (cores): "
+        + ", ".join(f"{name} {cores:.2f}" for name, cores in r.idle.items())
+    )
+    others = st.cpu.get("others", 0.0)
+    if others >= QUIET_CORES:
+        say(
+            f"WARNING: other processes used {others:.2f} cores while this was measured; "
+            "these figures are not representative of the pipeline alone"
+        )
+    return percentile(total, 99)
+
+
+LATENCY_ROWS = [
+    ("total", "send -> pub/sub receive"),
+    ("to_parse", "  send -> normalize parse"),
+    ("after_parse", "  parse -> pub/sub receive"),
+]
 
 
 # ---------------------------------------------------------------- main

@@ -25,9 +25,10 @@ from schemas.marketdata import NBBO_VENUE
 
 @dataclass
 class Received:
-    """Venue quotes seen, keyed by (symbol, event_ns), with their receive wall time (ns)."""
+    """Venue quotes seen, keyed by (symbol, event_ns): (receive wall time, the payload's
+    receive_ns, i.e. when normalize parsed the raw message), both in ns."""
 
-    at: dict[tuple[str, int], int] = field(default_factory=dict)
+    at: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     nbbo: int = 0
     other: int = 0
     cpu_s: float = 0.0  # CPU of the listening phase (parsing excluded)
@@ -110,7 +111,7 @@ def _take(out: Received, payload: bytes, at: int) -> None:
     elif msg["venue"] == NBBO_VENUE:
         out.nbbo += 1
     else:
-        out.at.setdefault((msg["symbol"], msg["event_ns"]), at)
+        out.at.setdefault((msg["symbol"], msg["event_ns"]), (at, msg["receive_ns"]))
 
 
 def _array(data: bytes, pos: int) -> tuple[list[bytes], int]:

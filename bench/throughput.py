@@ -86,9 +86,8 @@ class Session:
 
 
 def make_session(out_dir: Path, *, symbols: int, minutes: int, seed: int) -> Session:
-    args = {"date": SESSION_DATE, "symbols": symbols, "seed": seed, "minutes": minutes}
-    paths = write_session(out_dir, **args)
-    events = simulate_session(**args)
+    paths = write_session(out_dir, date=SESSION_DATE, symbols=symbols, seed=seed, minutes=minutes)
+    events = simulate_session(date=SESSION_DATE, symbols=symbols, seed=seed, minutes=minutes)
     every: list[Event] = [e for venue_events in events.values() for e in venue_events]
     quote_times: dict[tuple[str, str], list[int]] = {}
     for e in every:
@@ -159,8 +158,9 @@ class RedisProgress:
 class CandleProgress:
     """Symbols whose 1d candle (via the API) counts every simulated trade."""
 
-    def __init__(self, pipe: BenchPipeline, session: Session) -> None:
-        self.client = httpx.Client(base_url=pipe.url, timeout=10)
+    def __init__(self, pipe: BenchPipeline, session: Session, headers: dict[str, str]) -> None:
+        self.client = httpx.Client(base_url=pipe.url, headers=headers, timeout=10)
+        self.refused = 0  # answers other than 200/404: e.g. 401 when a key is missing
         self.pending = sorted(session.trades_per_symbol)
         self.expected = session.trades_per_symbol
         start = dt.datetime.combine(SESSION_DATE, dt.time(), tzinfo=dt.UTC)
@@ -176,6 +176,7 @@ class CandleProgress:
         except httpx.TransportError:
             return -1
         if resp.status_code != 200:
+            self.refused += resp.status_code != 404
             return -1
         return sum(c["trades"] for c in resp.json()["candles"])
 
@@ -215,6 +216,8 @@ class RunResult:
     samples: list[Sample] = field(default_factory=list)
     timed_out: bool = False
     others_before: float = 0.0  # cores other processes used just before the run
+    api_refusals: int = 0  # candle reads the API refused (not 200 or 404)
+    redis_went_back: bool = False  # stored quotes disappeared: the database was flushed
 
     def _first(self, done: Callable[[Sample], bool]) -> Sample | None:
         return next((s for s in self.samples if done(s)), None)
@@ -272,24 +275,31 @@ class RunResult:
 def _crossing(samples: list[Sample], attr: str, level: float) -> float | None:
     prev: Sample | None = None
     for s in samples:
-        value = getattr(s, attr)
+        value: int = getattr(s, attr)
         if value >= level:
             if prev is None:
                 return s.t
-            before = getattr(prev, attr)
+            before: int = getattr(prev, attr)
             return prev.t + (s.t - prev.t) * (level - before) / max(1, value - before)
         prev = s
     return None
 
 
-def run_once(base: Settings, session: Session, timeout_s: float, quiet_s: float) -> RunResult:
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    timeout_s: float  # a run that is not done by then stops and says so
+    quiet_s: float  # how long to wait for other processes to go quiet first
+    headers: dict[str, str]  # for the API (bench.auth)
+
+
+def run_once(base: Settings, session: Session, opts: RunOptions) -> RunResult:
     pids = {"bench": [os.getpid()], **service_pids(base)}
-    others = wait_quiet(pids, QUIET_CORES, quiet_s)
+    others = wait_quiet(pids, QUIET_CORES, opts.quiet_s)
     pipe = BenchPipeline(base)
     try:
         records, preload_s = preload(pipe, session)
         result = RunResult(records, preload_s, session, others_before=others)
-        _measure(pipe, session, result, timeout_s, pids)
+        _measure(pipe, session, result, opts, pids)
         return result
     finally:
         pipe.close()
@@ -299,21 +309,24 @@ def _measure(
     pipe: BenchPipeline,
     session: Session,
     result: RunResult,
-    timeout_s: float,
+    opts: RunOptions,
     pids: dict[str, list[int]],
 ) -> None:
     counter = TopicCounter(pipe.settings.bootstrap, pipe.topics)
-    redis_probe, candles = RedisProgress(pipe, session), CandleProgress(pipe, session)
+    redis_probe = RedisProgress(pipe, session)
+    candles = CandleProgress(pipe, session, opts.headers)
     pipe.start()
     probes = _Probes(counter, redis_probe, candles, {"pipeline": [pipe.pid], **pids})
     spawned = time.monotonic()
     try:
         stable_since: float | None = None
-        while time.monotonic() - spawned < timeout_s:
+        while time.monotonic() - spawned < opts.timeout_s:
             pipe.check_alive()
             prev = result.samples[-1] if result.samples else None
             sample = probes.sample(spawned, session)
             result.samples.append(sample)
+            if prev is not None and sample.redis_applied < prev.redis_applied:
+                result.redis_went_back = True  # someone else flushed our Redis database
             # md.quotes has no known final count (NBBO updates depend on how the venues
             # interleave), so it must stop growing for a second after everything else is in.
             if not _all_done(session, sample) or prev is None or prev.quotes != sample.quotes:
@@ -325,6 +338,7 @@ def _measure(
             time.sleep(SAMPLE_S)
         else:
             result.timed_out = True
+        result.api_refusals = candles.refused
     finally:
         counter.close()
         probes.candles.close()

@@ -1,6 +1,7 @@
 """candles: trades and breaks into ClickHouse, 1-minute candles rewritten from them.
 
     md.trades ─ decode ─► ClickHouse trades / trade_breaks ─► candles_1m (idempotent rewrite)
+                                                              └► Redis pub/sub bars:{SYM}
 
 Run: python -m bytewax.run flows.candles:flow -r .tapeflow/recovery/candles -s 2
 (with TAPEFLOW_CLICKHOUSE_URL set; embedded chDB is hosted by `tapeflow run`.)
@@ -14,6 +15,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.common import source
+from infra.bar_channel import BarPublisher
 from infra.candle_store import CandleStore
 from infra.clickhouse import shared_clickhouse
 from infra.settings import Settings, get_settings
@@ -34,7 +36,8 @@ class CandleSink(DynamicSink[Trade | TradeBreak]):
         self.settings = settings
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _CandlePartition:
-        return _CandlePartition(CandleStore(shared_clickhouse(self.settings)))
+        publish = BarPublisher(self.settings.redis)
+        return _CandlePartition(CandleStore(shared_clickhouse(self.settings), on_rewrite=publish))
 
 
 def decode(msg: KafkaSourceMessage) -> Trade | TradeBreak:

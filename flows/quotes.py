@@ -1,6 +1,7 @@
 """quotes: the latest quote and status per symbol and venue (and NBBO) into Redis.
 
     md.quotes, md.status ─ decode ─► Redis quote:{SYM} / status:{SYM} (forward-only) + pub/sub
+    md.trades ─────────── decode ─► Redis pub/sub trades:{SYM} (each trade, not stored)
 
 Run: python -m bytewax.run flows.quotes:flow -r .tapeflow/recovery/quotes -s 2
 """
@@ -42,7 +43,9 @@ def decode(msg: KafkaSourceMessage) -> Event:
 def build(settings: Settings) -> Dataflow:
     t = topics_of(settings)
     flow = Dataflow("quotes")
-    msgs = op.input("normalized", flow, source(settings, [t.quotes, t.status], "tapeflow-quotes"))
+    msgs = op.input(
+        "normalized", flow, source(settings, [t.quotes, t.status, t.trades], "tapeflow-quotes")
+    )
     events = op.map("decode", msgs, decode)
     op.output("to_redis", events, RedisQuoteSink(settings.redis))
     return flow

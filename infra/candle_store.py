@@ -8,7 +8,7 @@ and breaks all converge on the same row: the same rules as schemas.candles.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -84,9 +84,14 @@ class Bar:
     trades: int
 
 
+# Called with the candles_1m rows (CANDLE_COLUMNS order) right after they are written.
+RowsWritten = Callable[[list[list]], None]
+
+
 class CandleStore:
-    def __init__(self, ch: ClickHouse) -> None:
+    def __init__(self, ch: ClickHouse, on_rewrite: RowsWritten | None = None) -> None:
         self.ch = ch
+        self.on_rewrite = on_rewrite
 
     def apply(self, events: Iterable[Trade | TradeBreak]) -> int:
         """Record trades and breaks, rewrite every minute they touch; return how many."""
@@ -150,6 +155,8 @@ class CandleStore:
                     [sym, _utc(m), None, None, None, None, 0, Decimal(0), None, 0, version, 1]
                 )
         self.ch.insert("candles_1m", out, CANDLE_COLUMNS)
+        if self.on_rewrite is not None:
+            self.on_rewrite(out)
 
     def candles(
         self,

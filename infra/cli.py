@@ -13,11 +13,14 @@ from typing import Annotated, Literal
 import httpx
 import typer
 
+from infra.cli_accounts import DEMO_EMAIL, demo_token, keys_app, users_app
 from infra.settings import Settings, get_settings
 
 app = typer.Typer(
     help="Tapeflow: a brokerage back end built as a stream pipeline.", no_args_is_help=True
 )
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "session-2026-11-24"
 CSV_HEADER = ["symbol", "start", "open", "high", "low", "close", "volume", "vwap", "trades"]
@@ -34,15 +37,23 @@ def _print_status(rows) -> None:
         typer.echo(f"{mark} {s.name:<11} pid {pid!s:<8} {s.url}  {s.detail}")
 
 
+def _migrate(settings: Settings) -> None:
+    from infra.db import current_revision, migrate
+
+    migrate(settings)
+    typer.echo(f"schema      PostgreSQL at revision {current_revision(settings)} (head)")
+
+
 @app.command()
 def up() -> None:
-    """Start Kafka, Redis and PostgreSQL (idempotent) and create the topics."""
+    """Start Kafka, Redis and PostgreSQL (idempotent), create the topics, migrate the schema."""
     from infra import services
     from infra.topics import ensure_topics
 
     settings = _settings()
     _print_status(services.up(settings))
     ensure_topics(settings)
+    _migrate(settings)
 
 
 @app.command()
@@ -178,18 +189,26 @@ def candles(
     end: Annotated[str | None, typer.Option(help="RFC 3339, exclusive")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Most candles to print")] = 1_000_000,
     fmt: Annotated[Literal["csv", "json"], typer.Option("--format")] = "csv",
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="TAPEFLOW_TOKEN", help="API key token for a running API"),
+    ] = None,
 ) -> None:
-    """Print candles, the same ones GET /v1/candles serves."""
+    """Print candles, the same ones GET /v1/candles serves.
+
+    Asks the running API with the token; with no API running, reads this machine's
+    store in-process without a token (whoever can read TAPEFLOW_HOME can read the
+    candles anyway)."""
     params: dict = {"interval": interval, "limit": min(limit, 10_000)}
     for name, value in (("start", start), ("end", end)):
         parsed = _parse_time(name, value)
         if parsed:
             params[name] = parsed.isoformat()
-    body = _candles_via_api(symbol, params)
+    body = _candles_via_api(symbol, params, token)
     # Follow next_start until the range or the limit is exhausted.
     while body["next_start"] and len(body["candles"]) < limit:
         params |= {"start": body["next_start"], "limit": limit - len(body["candles"])}
-        page = _candles_via_api(symbol, params)
+        page = _candles_via_api(symbol, params, token)
         body["candles"] += page["candles"]
         body["next_start"] = page["next_start"]
     if fmt == "json":
@@ -205,23 +224,38 @@ def candles(
         )
 
 
-def _candles_via_api(symbol: str, params: dict) -> dict:
+def _candles_via_api(symbol: str, params: dict, token: str | None) -> dict:
     """Answer through the running API if there is one, else from the store in this process."""
     settings = _settings()
     url = f"http://{settings.api_host}:{settings.api_port}/v1/candles/{symbol}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        resp = httpx.get(url, params=params, timeout=30)
+        resp = httpx.get(url, params=params, headers=headers, timeout=30)
     except httpx.TransportError:
-        from fastapi.testclient import TestClient
-
-        from api.app import create_app
-
-        resp = TestClient(create_app(settings)).get(f"/v1/candles/{symbol}", params=params)
+        resp = _local_app(settings).get(f"/v1/candles/{symbol}", params=params)
     if resp.status_code != 200:
         body = resp.json()
         typer.echo(f"error {resp.status_code} {body.get('code')}: {body.get('message')}", err=True)
+        if resp.status_code == 401:
+            typer.echo("pass --token or set TAPEFLOW_TOKEN (tapeflow keys create)", err=True)
         raise typer.Exit(1)
     return resp.json()
+
+
+def _local_app(settings: Settings):
+    """The API in this process, its auth replaced by a local operator: the same routes
+    and bodies, no HTTP, no PostgreSQL, no rate limit."""
+    from uuid import UUID
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.auth import Principal, authorized
+
+    local = Principal(UUID(int=0), UUID(int=0), "local", True, 1_000_000)
+    app = create_app(settings)
+    app.dependency_overrides[authorized] = lambda: local
+    return TestClient(app)
 
 
 @app.command()
@@ -242,6 +276,8 @@ def demo(
     settings = _settings()
     _print_status(services.up(settings))
     ensure_topics(settings)
+    _migrate(settings)
+    token = demo_token(settings)
     log_path = settings.home.resolve() / "logs" / "run.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -250,8 +286,10 @@ def demo(
     try:
         _wait_http(f"{base}/health", proc, log_path)
         typer.echo(f"API:      {base}   (OpenAPI docs at {base}/docs)")
+        typer.echo(f"Token:    {token}   (user {DEMO_EMAIL}; Authorize in /docs)")
         typer.echo(f"Quotes:   {base}/v1/quotes/AAPL")
         typer.echo(f"Candles:  {base}/v1/candles/AAPL?interval=5m")
+        typer.echo(f'Try:      curl -H "Authorization: Bearer {token}" {base}/v1/quotes/AAPL')
         typer.echo(f"Logs:     {log_path}")
         files = sorted(recording.glob("*.jsonl")) + sorted(recording.glob("*.tops"))
         threads = [

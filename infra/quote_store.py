@@ -6,7 +6,8 @@ Layout (one hash per symbol keeps a read to a single round trip):
 - security:{SYM} the same shape for security directory entries per venue
 - symbols       set of every symbol ever seen (unknown symbols answer 404)
 Every accepted write is published on quotes:{SYM}, status:{SYM} or
-securities:{SYM} for fan-out.
+securities:{SYM} for fan-out. Trades and trade breaks are not stored: each one
+is published on trades:{SYM} as it comes (T "t" and T "x"), never conflated.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import orjson
 import redis
 
-from schemas.marketdata import Event, Quote, Security, Status
+from schemas.marketdata import Event, Quote, Security, Status, Trade, TradeBreak
 
 # Versions (zero-padded event times) are compared as decimal strings: Lua numbers are
 # doubles and would lose nanoseconds. Strings of digits order like the numbers.
@@ -63,6 +64,38 @@ def status_payload(s: Status) -> bytes:
             "reason": s.reason,
             "event_ns": s.event_ns,
             "receive_ns": s.receive_ns,
+        }
+    )
+
+
+def trade_payload(t: Trade) -> bytes:
+    return orjson.dumps(
+        {
+            "T": "t",
+            "symbol": t.symbol,
+            "venue": t.venue,
+            "trade_id": t.trade_id,
+            "price": str(t.price),
+            "size": t.size,
+            "conditions": list(t.conditions),
+            "event_ns": t.event_ns,
+            "receive_ns": t.receive_ns,
+        }
+    )
+
+
+def break_payload(b: TradeBreak) -> bytes:
+    """A trade break (cancel) of an earlier trade of the same venue and trade id."""
+    return orjson.dumps(
+        {
+            "T": "x",
+            "symbol": b.symbol,
+            "venue": b.venue,
+            "trade_id": b.trade_id,
+            "price": str(b.price),
+            "size": b.size,
+            "event_ns": b.event_ns,
+            "receive_ns": b.receive_ns,
         }
     )
 
@@ -121,16 +154,24 @@ class QuoteStore:
         self._write = self.redis.register_script(_WRITE_IF_NEWER)
 
     def apply(self, events: Iterable[Event]) -> int:
-        """Write a batch; returns how many writes moved state forward."""
+        """Write a batch (trades and breaks: publish each); how many writes moved forward."""
+        events = list(events)
         pipe = self.redis.pipeline(transaction=False)
-        for ev in latest_per_key(events):
+        writes = latest_per_key(events)
+        for ev in writes:
             key, channel, payload = _LAYOUT[ev.kind]
             self._write(
                 keys=[f"{key}:{ev.symbol}", SYMBOLS_KEY],
                 args=[ev.venue, _order(ev), payload(ev), f"{channel}:{ev.symbol}", ev.symbol],
                 client=pipe,
             )
-        return sum(1 for r in pipe.execute() if r == 1)
+        for ev in events:
+            if isinstance(ev, Trade):
+                pipe.publish(f"trades:{ev.symbol}", trade_payload(ev))
+            elif isinstance(ev, TradeBreak):
+                pipe.publish(f"trades:{ev.symbol}", break_payload(ev))
+        results = pipe.execute()
+        return sum(1 for r in results[: len(writes)] if r == 1)
 
     def known(self, symbols: list[str]) -> list[bool]:
         return [bool(x) for x in self.redis.smismember(SYMBOLS_KEY, symbols)]

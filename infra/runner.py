@@ -56,12 +56,14 @@ def run(
     start_flows(settings, flows, workers)
     if api:
         from api.app import create_app
+        from api.stream.app import UVICORN_WS_OPTIONS
 
         uvicorn.run(
             create_app(settings),
             host=settings.api_host,
             port=settings.api_port,
             log_level="warning",
+            **UVICORN_WS_OPTIONS,
         )
     else:
         threading.Event().wait()

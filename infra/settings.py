@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     namespace: str = ""
     venues: str = "iex,nasdaq"  # comma-separated; each reads Kafka topic md.raw.<venue>
     stale_after_s: float = 5.0
+    # How long a process trusts an API key it has checked; a key revoked elsewhere keeps
+    # working here for up to this long (0 checks PostgreSQL on every request).
+    auth_cache_s: float = 5.0
     flow_workers: int = 1
 
     @property

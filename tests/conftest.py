@@ -1,6 +1,8 @@
 """Fixtures for tests on the real services.
 
-`services` brings Kafka, Redis and PostgreSQL up once per session (idempotent).
+`services` brings Kafka, Redis and PostgreSQL up once per session (idempotent) and
+migrates the schema; `api_token` is a session user's Bearer token (a high rate limit,
+so polling tests never meet it) and `auth` its header.
 `pipeline` gives a test its own isolated pipeline on those services: a topic
 namespace, a Redis database, a home folder (chDB, recovery) and an API port,
 and can start and SIGKILL a real `tapeflow run` process.
@@ -23,6 +25,7 @@ import httpx
 import pytest
 import redis
 
+from infra import accounts, api_keys, db
 from infra import services as svc
 from infra.settings import Settings
 from infra.topics import ensure_topics, topics_of
@@ -37,7 +40,26 @@ def services() -> Settings:
     settings = Settings()
     bad = [s for s in svc.up(settings) if not s.healthy]
     assert not bad, f"services not healthy: {bad}"
+    db.migrate(settings)
     return settings
+
+
+def new_user(settings: Settings, *, rate_limit: int = 200, name: str = "Test User"):
+    """A fresh user (unique email), their account, and a key: (user, account, token)."""
+    pool = db.pool(settings.postgres)
+    user, account = accounts.create_user(pool, f"u{uuid.uuid4().hex[:12]}@test.local", name)
+    _, token = api_keys.create_key(pool, user.id, "tests", rate_limit_per_minute=rate_limit)
+    return user, account, str(token)
+
+
+@pytest.fixture(scope="session")
+def api_token(services: Settings) -> str:
+    return new_user(services, rate_limit=1_000_000, name="Session User")[2]
+
+
+@pytest.fixture(scope="session")
+def auth(api_token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_token}"}
 
 
 def _free_port() -> int:
@@ -49,8 +71,9 @@ def _free_port() -> int:
 class Pipeline:
     """One isolated Tapeflow pipeline: its settings, and its `tapeflow run` process."""
 
-    def __init__(self, base: Settings, home: Path) -> None:
+    def __init__(self, base: Settings, home: Path, token: str) -> None:
         home.mkdir(parents=True, exist_ok=True)
+        self.headers = {"Authorization": f"Bearer {token}"}
         db = next(_redis_dbs) % 16 or 1
         self.env = {
             "TAPEFLOW_HOME": str(home),
@@ -112,11 +135,11 @@ class Pipeline:
                 self.kill()
 
     def get(self, path: str, **params) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", params=params, timeout=30)
+        return httpx.get(f"{self.url}{path}", params=params, headers=self.headers, timeout=30)
 
 
 @pytest.fixture
-def pipeline(services: Settings, tmp_path: Path) -> Iterator[Pipeline]:
-    p = Pipeline(services, tmp_path / "home")
+def pipeline(services: Settings, api_token: str, tmp_path: Path) -> Iterator[Pipeline]:
+    p = Pipeline(services, tmp_path / "home", api_token)
     yield p
     p.stop()

@@ -61,7 +61,7 @@ def two_venue_quotes(symbol: str, now: int) -> list:
 
 
 @pytest.fixture(scope="module")
-def env(services: Settings, tmp_path_factory):
+def env(services: Settings, auth: dict[str, str], tmp_path_factory):
     release_shared_clickhouse()
     settings = Settings(
         home=tmp_path_factory.mktemp("api-home"), redis_port=services.redis_port, redis_db=13
@@ -83,7 +83,7 @@ def env(services: Settings, tmp_path_factory):
     app.state.candles.apply(AAPL_TRADES)
     # Known only from candles (no quote in Redis).
     app.state.candles.apply([trade("CONLY", "1", "5.0000", 10, T0)])
-    with TestClient(app) as client:
+    with TestClient(app, headers=auth) as client:
         yield client, settings, quotes, app.state.candles
     release_shared_clickhouse()
 
@@ -349,13 +349,13 @@ def test_openapi_lists_every_route_with_its_responses(client):
         "/v1/quotes": "QuotesOut",
         "/v1/candles/{symbol}": "CandlesOut",
     }
-    assert set(doc["paths"]) == {*expected_models, "/health"}
+    assert {*expected_models, "/health"} <= set(doc["paths"])
     for path, model in expected_models.items():
         responses = doc["paths"][path]["get"]["responses"]
-        assert {"200", "404", "422"} <= set(responses), path
+        assert {"200", "401", "404", "422", "429"} <= set(responses), path
         ok = responses["200"]["content"]["application/json"]["schema"]
         assert ok == {"$ref": f"#/components/schemas/{model}"}, path
-        for status in ("404", "422"):
+        for status in ("401", "404", "422", "429"):
             err = responses[status]["content"]["application/json"]["schema"]
             assert err == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
     assert "200" in doc["paths"]["/health"]["get"]["responses"]

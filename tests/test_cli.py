@@ -1,5 +1,6 @@
 """The `tapeflow` command through typer's CliRunner: candles (CSV and JSON, answered by the
-in-process store when no API listens), simulate, and argument errors.
+in-process store when no API listens, or by a running API with a token), simulate, users
+and keys, and argument errors.
 
 Two things in the code shape this module:
 - infra.settings.get_settings is lru-cached, so the TAPEFLOW_* variables given to the
@@ -16,16 +17,21 @@ import csv
 import io
 import json
 import socket
+import threading
+import time
+import uuid
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
 import orjson
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from api.app import create_app
+from infra import accounts, api_keys, db
 from infra.candle_store import CandleStore
 from infra.cli import CSV_HEADER, app
 from infra.clickhouse import ClickHouse, release_shared_clickhouse
@@ -87,16 +93,17 @@ def fresh_settings_cache():
 
 
 def invoke(env: dict[str, str], *args: str):
+    get_settings.cache_clear()  # read this call's environment, not a previous call's
     return CliRunner().invoke(app, list(args), env=env)
 
 
-def api_body(settings: Settings, **params) -> dict:
-    resp = TestClient(create_app(settings)).get("/v1/candles/AAPL", params=params)
+def api_body(settings: Settings, auth: dict[str, str], **params) -> dict:
+    resp = TestClient(create_app(settings), headers=auth).get("/v1/candles/AAPL", params=params)
     assert resp.status_code == 200, resp.text
     return resp.json()
 
 
-def test_candles_csv_equals_the_api(home):
+def test_candles_csv_equals_the_api(home, auth):
     settings, env = home
     result = invoke(
         env, "candles", "AAPL", "--interval", "1m", "--start", START, "--end", END, "--format",
@@ -106,7 +113,7 @@ def test_candles_csv_equals_the_api(home):
     lines = result.stdout.splitlines()
     assert lines[0] == "symbol,start,open,high,low,close,volume,vwap,trades"
     rows = list(csv.reader(io.StringIO(result.stdout)))[1:]
-    body = api_body(settings, interval="1m", start=START, end=END)
+    body = api_body(settings, auth, interval="1m", start=START, end=END)
     assert len(body["candles"]) == 14, "13 minutes of regular trades and one of odd lots"
     assert rows == [
         ["AAPL", c["start"]] + ["" if c[k] is None else str(c[k]) for k in CSV_HEADER[2:]]
@@ -117,7 +124,7 @@ def test_candles_csv_equals_the_api(home):
     assert all(r[1].endswith("Z") for r in rows)
 
 
-def test_candles_rollup_and_json_equal_the_api(home):
+def test_candles_rollup_and_json_equal_the_api(home, auth):
     settings, env = home
     result = invoke(
         env, "candles", "AAPL", "--interval", "5m", "--start", START, "--end", END, "--format",
@@ -125,7 +132,7 @@ def test_candles_rollup_and_json_equal_the_api(home):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     body = orjson.loads(result.stdout)
-    assert body == api_body(settings, interval="5m", start=START, end=END)
+    assert body == api_body(settings, auth, interval="5m", start=START, end=END)
     assert sum(c["volume"] for c in body["candles"]) == sum(t.size for t in TRADES[:-1])
     # An offset other than Z is converted, not dropped.
     again = invoke(
@@ -186,3 +193,125 @@ def test_simulate_writes_one_recording_per_venue(home, tmp_path):
         assert any(isinstance(e, Trade) for e in good)
         minutes = {e.event_ns // (60 * S) for e in good if isinstance(e, Quote | Trade)}
         assert len(minutes) <= 3, "two minutes of session (a few boundary events at most)"
+
+
+# ------------------------------------------------------------------ candles via the API
+
+
+@pytest.fixture(scope="module")
+def live_api(home):
+    """The API served over HTTP from this process (a thread), on this module's home."""
+    settings, env = home
+    port = unused_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.05)
+    yield env | {"TAPEFLOW_API_PORT": str(port)}
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_candles_from_a_running_api_need_a_token(home, live_api, api_token):
+    _, fallback_env = home
+    args = ["candles", "AAPL", "--start", START, "--end", END, "--format", "json"]
+    refused = invoke(live_api, *args)
+    assert refused.exit_code == 1
+    assert "error 401 unauthorized" in refused.stderr
+    assert "TAPEFLOW_TOKEN" in refused.stderr
+    with_option = invoke(live_api, *args, "--token", api_token)
+    assert with_option.exit_code == 0, with_option.output
+    with_env = invoke(live_api | {"TAPEFLOW_TOKEN": api_token}, *args)
+    assert with_env.exit_code == 0, with_env.output
+    local = invoke(fallback_env, *args)  # no API: the in-process store, no token needed
+    assert local.exit_code == 0, (local.output, local.exception)
+    assert orjson.loads(with_option.stdout) == orjson.loads(with_env.stdout)
+    assert orjson.loads(with_option.stdout) == orjson.loads(local.stdout)
+    assert orjson.loads(local.stdout)["candles"], "candles were read"
+
+
+# --------------------------------------------------------------------- users and keys
+
+
+def email() -> str:
+    return f"cli-{uuid.uuid4().hex[:10]}@Test.Local"
+
+
+def lines(output: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in output.splitlines() if ": " in line)
+
+
+def test_users_create(home, services):
+    _, env = home
+    address = email()
+    result = invoke(
+        env, "users", "create", "--email", address, "--name", "Ada Operator", "--operator"
+    )
+    assert result.exit_code == 0, result.output
+    out = lines(result.stdout)
+    pool = db.pool(services.postgres)
+    user = accounts.find_user(pool, address)
+    assert user is not None and user.email == address.lower() and user.is_operator
+    assert out["user_id"] == str(user.id)
+    assert out["account_number"] == accounts.account_of_user(pool, user.id).account_number
+    again = invoke(env, "users", "create", "--email", address.upper(), "--name", "Twice")
+    assert again.exit_code == 1 and "exists" in again.stderr
+    bad = invoke(env, "users", "create", "--email", "not-an-email", "--name", "X")
+    assert bad.exit_code == 2
+
+
+def test_keys_create_list_revoke(home, services):
+    _, env = home
+    address = email()
+    assert invoke(env, "users", "create", "--email", address, "--name", "K").exit_code == 0
+    created = invoke(
+        env, "keys", "create", "--email", address, "--name", "bot", "--rate-limit", "50"
+    )
+    assert created.exit_code == 0, created.output
+    out = lines(created.stdout)
+    token = out["token"]
+    assert token.startswith(out["key_id"] + ".")
+    assert "not shown again" in created.stderr
+    pool = db.pool(services.postgres)
+    principal = api_keys.authenticate(pool, token)
+    assert principal is not None and principal.rate_limit_per_minute == 50
+    secret = token.split(".", 1)[1]
+
+    listed = invoke(env, "keys", "list", "--email", address)
+    assert listed.exit_code == 0, listed.output
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith(out["key_id"])]
+    assert row.split()[1] == "50" and row.endswith("active bot")
+    assert secret not in listed.stdout
+
+    revoked = invoke(env, "keys", "revoke", out["key_id"])
+    assert revoked.exit_code == 0 and f"revoked {out['key_id']}" in revoked.stdout
+    assert api_keys.authenticate(pool, token) is None
+    listed = invoke(env, "keys", "list", "--email", address)
+    assert " revoked bot" in listed.stdout
+
+    assert invoke(env, "keys", "revoke", "TFAAAAAAAAAAAAAAAA").exit_code == 1
+    assert invoke(env, "keys", "create", "--email", email()).exit_code == 1, "no such user"
+    assert invoke(env, "keys", "list", "--email", email()).exit_code == 1
+
+
+def test_the_demo_token_is_reused_until_revoked(services, tmp_path):
+    from infra.cli_accounts import DEMO_EMAIL, demo_token
+
+    settings = Settings(home=tmp_path)
+    first = demo_token(settings)
+    assert demo_token(settings) == first, "idempotent: the same token every run"
+    path = tmp_path / "demo.token"
+    assert path.stat().st_mode & 0o777 == 0o600
+    pool = db.pool(services.postgres)
+    principal = api_keys.authenticate(pool, first)
+    assert principal is not None
+    assert principal.user_id == accounts.find_user(pool, DEMO_EMAIL).id
+    api_keys.revoke_key(pool, principal.key_id)
+    second = demo_token(settings)
+    assert second != first and api_keys.authenticate(pool, second) is not None
+    assert path.read_text().strip() == second

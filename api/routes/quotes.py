@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/quotes", tags=["quotes"], responses=ERROR_RESPONS
 MAX_SYMBOLS = 200
 
 
-def _quote(q: StoredQuote, now_ns: int, stale_ns: int) -> QuoteOut:
+def quote_out(q: StoredQuote, now_ns: int, stale_ns: int) -> QuoteOut:
     return QuoteOut(
         bid_price=q.bid_price,
         bid_size=q.bid_size,
@@ -32,7 +32,7 @@ def _quote(q: StoredQuote, now_ns: int, stale_ns: int) -> QuoteOut:
 def _symbol_quote(store: QuoteStore, symbol: str, stored: dict[str, StoredQuote], stale_s: float):
     now, stale_ns = time.time_ns(), int(stale_s * 1e9)
     statuses = store.statuses(symbol)
-    venues = {v: _quote(q, now, stale_ns) for v, q in stored.items() if v != NBBO_VENUE}
+    venues = {v: quote_out(q, now, stale_ns) for v, q in stored.items() if v != NBBO_VENUE}
     nbbo = stored.get(NBBO_VENUE)
     newest = max(stored.values(), key=lambda q: q.event_ns, default=None)
     return SymbolQuoteOut(
@@ -40,7 +40,7 @@ def _symbol_quote(store: QuoteStore, symbol: str, stored: dict[str, StoredQuote]
         as_of=format_time(newest.event_ns) if newest else None,
         stale=newest is None or now - newest.receive_ns > stale_ns,
         halted=any(s["state"] in ("halted", "paused") for s in statuses.values()),
-        nbbo=_quote(nbbo, now, stale_ns) if nbbo else None,
+        nbbo=quote_out(nbbo, now, stale_ns) if nbbo else None,
         venues=venues,
         status={
             v: VenueStatusOut(

@@ -1,0 +1,249 @@
+// wsload: N WebSocket clients of Tapeflow's WS /v1/stream, for bench/stream.py.
+//
+// Each client connects with a Bearer token, subscribes to the quotes of `-per`
+// symbols (client c takes symbols c, c+stride, c+2*stride, ..., modulo -nsym, so
+// every symbol has the same number of subscribers when stride*per = nsym and a
+// client's symbols are spread over the feed's round-robin), and reads until SIGTERM or until
+// stdin closes. For every quote it records (symbol index, event_ns, receive_ns (when
+// the pipeline parsed the feed message), the wall-clock ns right after the client
+// parsed the WebSocket message holding it). It checks each
+// connection's sequence numbers (holes not covered by a gap event are counted).
+//
+// Written in Go so that 1,000 clients cost a fraction of a core and do not starve
+// the server being measured on a 2-core machine.
+//
+// Output: -out FILE gets int64 little-endian quadruples; stdout gets "ready N" once
+// every client is subscribed, then one JSON line of totals at the end.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+type event struct {
+	T       string `json:"T"`
+	Seq     int64  `json:"seq"`
+	Symbol  string `json:"symbol"`
+	EventNs int64  `json:"event_ns"`
+	RecvNs  int64  `json:"receive_ns"`
+	FromSeq int64  `json:"from_seq"`
+	ToSeq   int64  `json:"to_seq"`
+	Dropped int64  `json:"dropped"`
+	Code    string `json:"code"`
+}
+
+type client struct {
+	id                                int
+	symbols                           []string
+	recs                              []int64
+	frames, events, quotes, gaps      int64
+	dropped, holes, errors, closeCode int64
+	subscribedAt                      time.Time
+	err                               string
+}
+
+type totals struct {
+	Clients      int    `json:"clients"`
+	Subscribed   int    `json:"subscribed"`
+	Frames       int64  `json:"frames"`
+	Events       int64  `json:"events"`
+	Quotes       int64  `json:"quotes"`
+	Gaps         int64  `json:"gaps"`
+	Dropped      int64  `json:"dropped"`
+	Holes        int64  `json:"holes"`
+	Errors       int64  `json:"errors"`
+	ClosedBySrv  int64  `json:"closed_by_server"`
+	FailedDials  int64  `json:"failed"`
+	FirstFailure string `json:"first_failure"`
+}
+
+func main() {
+	url := flag.String("url", "ws://127.0.0.1:8000/v1/stream", "stream URL")
+	token := flag.String("token", "", "API key token <key_id>.<secret>")
+	n := flag.Int("clients", 100, "clients")
+	per := flag.Int("per", 10, "symbols per client")
+	nsym := flag.Int("nsym", 1000, "symbols in the feed")
+	prefix := flag.String("prefix", "ZQ", "symbol prefix; the rest is the index, zero-padded")
+	width := flag.Int("width", 3, "digits of the symbol index")
+	stride := flag.Int("stride", 100, "distance between a client's symbols")
+	out := flag.String("out", "wsload.bin", "records file")
+	dialers := flag.Int("dialers", 50, "concurrent connection attempts")
+	flag.Parse()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	go func() { <-sig; cancel() }()
+	go func() { // stdin closed: stop too
+		buf := make([]byte, 1)
+		for {
+			if _, err := os.Stdin.Read(buf); err != nil {
+				cancel()
+				return
+			}
+		}
+	}()
+
+	clients := make([]*client, *n)
+	var ready sync.WaitGroup
+	var done sync.WaitGroup
+	var failed atomic.Int64
+	sem := make(chan struct{}, *dialers)
+	for i := range clients {
+		c := &client{id: i}
+		for j := 0; j < *per; j++ {
+			idx := (i + j**stride) % *nsym
+			c.symbols = append(c.symbols, fmt.Sprintf("%s%0*d", *prefix, *width, idx))
+		}
+		clients[i] = c
+		ready.Add(1)
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			sem <- struct{}{}
+			run(ctx, c, *url, *token, len(*prefix), &ready, sem, &failed)
+		}()
+	}
+	ready.Wait()
+	subscribed := 0
+	for _, c := range clients {
+		if c.err == "" {
+			subscribed++
+		}
+	}
+	fmt.Printf("ready %d\n", subscribed)
+	os.Stdout.Sync()
+	done.Wait()
+
+	f, err := os.Create(*out)
+	if err != nil {
+		panic(err)
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	var t totals
+	t.Clients = *n
+	t.Subscribed = subscribed
+	t.FailedDials = failed.Load()
+	for _, c := range clients {
+		binary.Write(w, binary.LittleEndian, c.recs)
+		t.Frames += c.frames
+		t.Events += c.events
+		t.Quotes += c.quotes
+		t.Gaps += c.gaps
+		t.Dropped += c.dropped
+		t.Holes += c.holes
+		t.Errors += c.errors
+		if c.closeCode != 0 {
+			t.ClosedBySrv++
+		}
+		if c.err != "" && t.FirstFailure == "" {
+			t.FirstFailure = c.err
+		}
+	}
+	w.Flush()
+	f.Close()
+	line, _ := json.Marshal(t)
+	fmt.Println(string(line))
+}
+
+func run(ctx context.Context, c *client, url, token string, plen int, ready *sync.WaitGroup,
+	sem chan struct{}, failed *atomic.Int64) {
+	readyDone := false
+	markReady := func() {
+		if !readyDone {
+			readyDone = true
+			<-sem
+			ready.Done()
+		}
+	}
+	defer markReady()
+	fail := func(err error) {
+		c.err = err.Error()
+		failed.Add(1)
+	}
+	dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer dcancel()
+	conn, _, err := websocket.Dial(dctx, url, &websocket.DialOptions{
+		HTTPHeader:      http.Header{"Authorization": {"Bearer " + token}},
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer conn.CloseNow()
+	conn.SetReadLimit(64 << 20)
+	sub, _ := json.Marshal(map[string]any{"action": "subscribe", "quotes": c.symbols})
+	if err := conn.Write(dctx, websocket.MessageText, sub); err != nil {
+		fail(err)
+		return
+	}
+	var expect int64 = 1
+	var batch []event
+	for {
+		_, data, err := conn.Read(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				if code := websocket.CloseStatus(err); code != -1 {
+					c.closeCode = int64(code)
+				}
+				if c.err == "" {
+					c.err = err.Error()
+				}
+			}
+			return
+		}
+		batch = batch[:0]
+		if err := json.Unmarshal(data, &batch); err != nil {
+			c.errors++
+			continue
+		}
+		now := time.Now().UnixNano()
+		c.frames++
+		for i := range batch {
+			e := &batch[i]
+			c.events++
+			if e.T == "gap" {
+				c.gaps++
+				c.dropped += e.Dropped
+				if e.FromSeq == expect {
+					expect = e.ToSeq + 1
+				}
+			}
+			if e.Seq != expect {
+				c.holes++
+			}
+			expect = e.Seq + 1
+			switch e.T {
+			case "q":
+				c.quotes++
+				if idx, err := strconv.Atoi(e.Symbol[plen:]); err == nil {
+					c.recs = append(c.recs, int64(idx), e.EventNs, e.RecvNs, now)
+				}
+			case "subscription":
+				c.subscribedAt = time.Now()
+				markReady()
+			case "error":
+				c.errors++
+				if c.err == "" {
+					c.err = "error event: " + e.Code
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,119 @@
+"""`tapeflow users …` and `tapeflow keys …`: operators manage users and API keys directly in
+PostgreSQL (no API needed), and the demo's own user and key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from infra import accounts, api_keys, db
+from infra.settings import Settings, get_settings
+
+users_app = typer.Typer(help="Users and their accounts.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (Bearer tokens).", no_args_is_help=True)
+
+DEMO_EMAIL = "demo@tapeflow.local"
+DEMO_TOKEN_FILE = "demo.token"  # under TAPEFLOW_HOME, mode 0600
+
+
+def _pool():
+    return db.pool(get_settings().postgres)
+
+
+def _user(email: str) -> accounts.User:
+    try:
+        user = accounts.find_user(_pool(), email)
+    except accounts.InvalidUser as exc:
+        raise typer.BadParameter(str(exc), param_hint="--email") from None
+    if user is None:
+        typer.echo(f"no user with email {email}", err=True)
+        raise typer.Exit(1)
+    return user
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Option(help="Unique, case-insensitive")],
+    name: Annotated[str, typer.Option(help="Display name")],
+    operator: Annotated[bool, typer.Option("--operator", help="An operator of this stack")] = False,
+) -> None:
+    """Create a user and their account; prints the user id and the account number."""
+    try:
+        user, account = accounts.create_user(_pool(), email, name, is_operator=operator)
+    except accounts.InvalidUser as exc:
+        raise typer.BadParameter(str(exc)) from None
+    except accounts.UserExists as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"user_id: {user.id}")
+    typer.echo(f"account_number: {account.account_number}")
+
+
+@keys_app.command("create")
+def keys_create(
+    email: Annotated[str, typer.Option(help="The key's user")],
+    name: Annotated[str, typer.Option(help="A label for the key")] = "cli",
+    rate_limit: Annotated[
+        int, typer.Option(min=1, help="Requests per minute")
+    ] = api_keys.DEFAULT_RATE_LIMIT,
+) -> None:
+    """Create an API key; prints its token, the only time it is shown."""
+    user = _user(email)
+    try:
+        key, token = api_keys.create_key(_pool(), user.id, name, rate_limit_per_minute=rate_limit)
+    except api_keys.TooManyKeys as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"key_id: {key.key_id}")
+    typer.echo(f"token: {token}")
+    typer.echo("Send it as 'Authorization: Bearer <token>'; it is not shown again.", err=True)
+
+
+@keys_app.command("list")
+def keys_list(email: Annotated[str, typer.Option(help="The keys' user")]) -> None:
+    """A user's keys, revoked ones included (never a secret)."""
+    user = _user(email)
+    typer.echo(f"{'key_id':<20} {'limit/min':>9}  {'created':<20} {'last used':<20} state  name")
+    for k in api_keys.list_keys(_pool(), user.id):
+        state = "revoked" if k.revoked_at else "active"
+        typer.echo(
+            f"{k.key_id:<20} {k.rate_limit_per_minute:>9}  {_when(k.created_at):<20} "
+            f"{_when(k.last_used_at):<20} {state:<6} {k.name}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="e.g. TFABCDEFGHIJKLMNOP")]) -> None:
+    """Revoke any user's key. Running API processes stop accepting it within
+    TAPEFLOW_AUTH_CACHE_S seconds (5 by default)."""
+    if not api_keys.revoke_key(_pool(), key_id):
+        typer.echo(f"no API key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+def _when(t) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%SZ") if t else "-"
+
+
+def demo_token(settings: Settings) -> str:
+    """The demo user's token, the same on every run: kept in TAPEFLOW_HOME/demo.token while
+    it still authenticates; otherwise the user (if missing) and a key are created anew."""
+    pool = db.pool(settings.postgres)
+    path: Path = settings.home.resolve() / DEMO_TOKEN_FILE
+    if path.exists():
+        saved = path.read_text().strip()
+        if api_keys.authenticate(pool, saved) is not None:
+            return saved
+    user = accounts.find_user(pool, DEMO_EMAIL)
+    if user is None:
+        user, _ = accounts.create_user(pool, DEMO_EMAIL, "Demo User")
+    _, token = api_keys.create_key(pool, user.id, "demo")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{token}\n")
+    return str(token)
