@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from bytewax.connectors.kafka import KafkaSource
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from confluent_kafka import OFFSET_BEGINNING, Producer
+from confluent_kafka import OFFSET_BEGINNING
 
+from flows.kafka_io import BatchKafkaSink, OutMessage, RawKafkaSource
 from infra.settings import Settings
 from schemas.marketdata import Malformed
 
@@ -42,52 +42,32 @@ def source(
     )
 
 
-# (topic, key, value, headers): what batch_sink produces, without a dataclass per message.
-OutMessage = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
-
-
 def deadletter_out(bad: Malformed, topic: str) -> OutMessage:
     """The raw bytes untouched as the value; why, and from where, in headers."""
     headers = [("reason", bad.reason.encode()), ("venue", bad.venue.encode())]
     return (topic, bad.venue.encode() or None, bad.raw, headers)
 
 
-class _BatchProducerPartition(StatelessSinkPartition[list[OutMessage]]):
-    def __init__(self, producer: Producer) -> None:
-        self.producer = producer
-
-    def write_batch(self, items: list[list[OutMessage]]) -> None:
-        produce = self.producer.produce
-        for batch in items:
-            for topic, key, value, headers in batch:
-                while True:
-                    try:
-                        produce(topic, value=value, key=key, headers=headers)
-                        break
-                    except BufferError:  # local queue full: wait for deliveries
-                        self.producer.poll(0.05)
-        # Delivered before the epoch can close: a snapshot never covers lost output.
-        self.producer.flush()
-
-    def close(self) -> None:
-        self.producer.flush()
-
-
-class BatchKafkaSink(DynamicSink[list[OutMessage]]):
-    """Like Bytewax's KafkaSink, but each item is a list of messages."""
-
-    def __init__(self, config: dict[str, str]) -> None:
-        self.config = config
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _BatchProducerPartition:
-        return _BatchProducerPartition(Producer(self.config))
+def raw_source(
+    settings: Settings, topics: list[str], *, max_wait_ms: int = 5, min_bytes: int = 1
+) -> RawKafkaSource:
+    """(topic, key, value) tuples; offsets live in Bytewax recovery snapshots."""
+    return RawKafkaSource(
+        settings.bootstrap,
+        topics,
+        {
+            "fetch.wait.max.ms": str(max_wait_ms),
+            "fetch.min.bytes": str(min_bytes),
+            "group.id": "tapeflow",
+        },
+    )
 
 
 def batch_sink(settings: Settings) -> BatchKafkaSink:
     return BatchKafkaSink(
         {
             "bootstrap.servers": settings.bootstrap,
-            "linger.ms": "1",
+            "linger.ms": "0",
             "enable.idempotence": "true",
             "compression.type": "lz4",
             "queue.buffering.max.messages": "1000000",

@@ -17,10 +17,10 @@ import time
 import zlib
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 
-from flows.common import OutMessage, batch_sink, deadletter_out, source
+from flows.common import batch_sink, deadletter_out, raw_source
+from flows.kafka_io import OutMessage, RawMessage
 from infra.settings import Settings, get_settings
 from infra.topics import Topics, topics_of
 from schemas.feeds import parse_raw
@@ -50,17 +50,16 @@ def shard_of(symbol: str) -> str:
     return str(zlib.crc32(symbol.encode()) % SHARDS)
 
 
-def parse(msg: KafkaSourceMessage, t: Topics, receive_ns: int) -> list[Event | Malformed]:
-    venue = t.venue_of(msg.topic or "")
+def parse(msg: RawMessage, t: Topics, receive_ns: int) -> list[Event | Malformed]:
+    topic, _, value = msg
+    venue = t.venue_of(topic)
     try:
-        return parse_raw(msg.value or b"", venue, receive_ns)
+        return parse_raw(value or b"", venue, receive_ns)
     except Exception as exc:  # a parser bug must not stop the flow; the input is kept
-        return [Malformed(f"parser error: {type(exc).__name__}: {exc}", msg.value or b"", venue)]
+        return [Malformed(f"parser error: {type(exc).__name__}: {exc}", value or b"", venue)]
 
 
-def parse_batch(
-    msgs: list[KafkaSourceMessage], t: Topics
-) -> list[tuple[str, list[Event | Malformed]]]:
+def parse_batch(msgs: list[RawMessage], t: Topics) -> list[tuple[str, list[Event | Malformed]]]:
     """Parse a Kafka batch and group its items by shard, in arrival order."""
     receive_ns = time.time_ns()
     groups: dict[str, list[Event | Malformed]] = {}
@@ -72,19 +71,22 @@ def parse_batch(
 
 
 def consolidate(books: Books | None, events: list[Event]) -> tuple[Books, list[Event]]:
-    """Pass every event on; after a venue quote, also the NBBO when it changed."""
+    """Pass every event on, then each symbol's NBBO if the batch changed it.
+
+    Only the batch's last NBBO per symbol is published: the ones before it are
+    already superseded when it goes out, and readers keep only the newest anyway.
+    """
     books = books if books is not None else {}
-    out: list[Event] = []
+    nbbos: dict[str, Quote] = {}
     for event in events:
-        out.append(event)
         if isinstance(event, Quote):
             book = books.get(event.symbol)
             if book is None:
                 book = books[event.symbol] = NbboBook()
             nbbo = book.update(event)
             if nbbo is not None:
-                out.append(nbbo)
-    return books, out
+                nbbos[event.symbol] = nbbo
+    return books, [*events, *nbbos.values()]
 
 
 def to_messages(
@@ -100,18 +102,14 @@ def build(settings: Settings) -> Dataflow:
     t = topics_of(settings)
     topic_of = topic_of_kind(t)
     flow = Dataflow("normalize")
-    raw = op.input(
-        "raw_feeds",
-        flow,
-        source(settings, [t.raw(v) for v in settings.venue_list], "tapeflow-normalize"),
-    )
+    raw = op.input("raw_feeds", flow, raw_source(settings, [t.raw(v) for v in settings.venue_list]))
     sharded = op.flat_map_batch("parse_batch", raw, lambda msgs: parse_batch(msgs, t))
     published = op.stateful_map(
         "consolidate_nbbo",
         sharded,
         lambda state, items: to_messages(state, items, t, topic_of),
     )
-    op.output("publish", op.map("drop_key", published, lambda kv: kv[1]), batch_sink(settings))
+    op.output("publish", published, batch_sink(settings))
     return flow
 
 

@@ -72,18 +72,18 @@ def run_normalize(
 ) -> list[KafkaSinkMessage]:
     """Run flows.normalize.build with TestingSource/TestingSink in place of Kafka."""
     batches: list = []
-    monkeypatch.setattr(normalize, "source", lambda *a, **k: TestingSource(msgs))
+    monkeypatch.setattr(normalize, "raw_source", lambda *a, **k: TestingSource(msgs))
     monkeypatch.setattr(normalize, "batch_sink", lambda *a, **k: TestingSink(batches))
     run_main(normalize.build(Settings(namespace=namespace, venues="iex,nasdaq")))
     return [
         KafkaSinkMessage(key=key, value=value, topic=topic, headers=headers or [])
-        for batch in batches
+        for _, batch in batches
         for topic, key, value, headers in batch
     ]
 
 
-def raw(topic: str, value: bytes) -> KafkaSourceMessage:
-    return KafkaSourceMessage(key=None, value=value, topic=topic)
+def raw(topic: str, value: bytes) -> tuple[str, None, bytes]:
+    return (topic, None, value)
 
 
 def decoded(msgs: list[KafkaSinkMessage]) -> list[Event]:
