@@ -81,11 +81,20 @@ def run(
         str, typer.Option(help="Comma-separated flows to host")
     ] = "normalize,quotes,candles",
     workers: Annotated[int, typer.Option(min=1, help="Bytewax workers per flow")] = 1,
+    split: Annotated[
+        bool, typer.Option(help="Run normalize and quotes as child processes (uses more cores)")
+    ] = False,
 ) -> None:
     """Host the API and the flows in one process (what embedded chDB needs)."""
     from infra.runner import run as run_all
 
-    run_all(_settings(), api=api, flows=tuple(f for f in flows.split(",") if f), workers=workers)
+    run_all(
+        _settings(),
+        api=api,
+        flows=tuple(f for f in flows.split(",") if f),
+        workers=workers,
+        split=split,
+    )
 
 
 @app.command()

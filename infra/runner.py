@@ -1,15 +1,24 @@
-"""`tapeflow run`: the API and every flow in one process.
+"""`tapeflow run`: the API and every flow in one process (or, with --split, a few).
 
 chDB lets one process own its data directory, so in the default embedded
 mode the candles flow and the API that reads candles must share a process.
-Each Bytewax flow runs in its own thread (Bytewax releases the GIL while it
-schedules); a flow that dies takes the process down so a supervisor notices.
+Each Bytewax flow runs in its own thread; a flow that dies takes the process
+down so a supervisor notices.
+
+One process is bound by one GIL. `split=True` keeps the API and the candles
+flow (the chDB users) here and starts every other flow as a child process of
+its own, killed by the kernel if this process dies (PR_SET_PDEATHSIG), so a
+crash never leaves an orphan writing to the same recovery store.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 from importlib import import_module
@@ -49,11 +58,49 @@ def start_flows(settings: Settings, names: tuple[str, ...] = FLOWS, workers: int
         ).start()
 
 
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _watch_child(name: str, proc: subprocess.Popen) -> None:
+    proc.wait()
+    log.error("flow process %s exited with %s", name, proc.returncode)
+    os._exit(3)
+
+
+def start_flow_processes(names: tuple[str, ...], workers: int) -> None:
+    for name in names:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "infra.cli",
+                "run",
+                "--no-api",
+                "--flows",
+                name,
+                "--workers",
+                str(workers),
+            ],
+            preexec_fn=_die_with_parent,
+            stdin=subprocess.DEVNULL,
+        )
+        threading.Thread(target=_watch_child, args=(name, proc), daemon=True).start()
+
+
 def run(
-    settings: Settings, *, api: bool = True, flows: tuple[str, ...] = FLOWS, workers: int = 1
+    settings: Settings,
+    *,
+    api: bool = True,
+    flows: tuple[str, ...] = FLOWS,
+    workers: int = 1,
+    split: bool = False,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    start_flows(settings, flows, workers)
+    here = tuple(f for f in flows if not split or f == "candles")
+    ensure_topics(settings)
+    start_flow_processes(tuple(f for f in flows if f not in here), workers)
+    start_flows(settings, here, workers)
     if api:
         from api.app import create_app
         from api.stream.app import UVICORN_WS_OPTIONS

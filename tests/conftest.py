@@ -99,11 +99,12 @@ class Pipeline:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.settings.api_port}"
 
-    def start(self, *, workers: int = 1) -> None:
+    def start(self, *, workers: int = 1, split: bool = False) -> None:
         env = {**os.environ, **self.env}
+        args = ["--workers", str(workers), *(["--split"] if split else [])]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "infra.cli", "run", "--workers", str(workers)],
+                [sys.executable, "-m", "infra.cli", "run", *args],
                 cwd=ROOT,
                 env=env,
                 stdout=log,

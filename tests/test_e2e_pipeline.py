@@ -94,14 +94,15 @@ def test_two_workers_per_flow_give_the_same_candles_and_quotes(pipeline, expecte
     assert_candles_and_quotes(pipeline, expected)
 
 
-def test_killed_and_restarted_pipeline_ends_identical(pipeline, expected):
-    pipeline.start()
+@pytest.mark.parametrize("split", [False, True], ids=["one-process", "split-processes"])
+def test_killed_and_restarted_pipeline_ends_identical(pipeline, expected, split):
+    pipeline.start(split=split)
     feeder = threading.Thread(target=replay_all, args=(pipeline, 60.0))
     feeder.start()
     time.sleep(6)  # mid-replay: flows have snapshotted some epochs, not all
-    pipeline.kill()
+    pipeline.kill()  # with --split, the kernel kills the flow children with it
     time.sleep(1)
-    pipeline.start()
+    pipeline.start(split=split)
     feeder.join()
     assert_candles_and_quotes(pipeline, expected)
 
