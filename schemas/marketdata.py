@@ -156,7 +156,11 @@ def to_wire(event: Event) -> bytes:
 
 
 def from_wire(raw: bytes) -> Event:
-    data = orjson.loads(raw)
+    return from_dict(orjson.loads(raw))
+
+
+def from_dict(data: dict[str, Any]) -> Event:
+    """An event from its decoded wire object (which this takes over and changes)."""
     cls = _KINDS[data["kind"]]
     for name in _DECIMAL_FIELDS:
         if name in data:
