@@ -10,11 +10,11 @@ Run: python -m bytewax.run flows.candles:flow -r .tapeflow/recovery/candles -s 2
 from __future__ import annotations
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from flows.common import source
+from flows.common import raw_source
+from flows.kafka_io import RawMessage
 from infra.bar_channel import BarPublisher
 from infra.candle_store import CandleStore
 from infra.clickhouse import shared_clickhouse
@@ -23,15 +23,16 @@ from infra.topics import topics_of
 from schemas.marketdata import Trade, TradeBreak, from_wire
 
 
-class _CandlePartition(StatelessSinkPartition[Trade | TradeBreak]):
+class _CandlePartition(StatelessSinkPartition[list[Trade | TradeBreak]]):
     def __init__(self, store: CandleStore) -> None:
         self.store = store
 
-    def write_batch(self, items: list[Trade | TradeBreak]) -> None:
-        self.store.apply(items)
+    def write_batch(self, items: list[list[Trade | TradeBreak]]) -> None:
+        # Everything that arrived together in one write: few, large ClickHouse parts.
+        self.store.apply([e for batch in items for e in batch])
 
 
-class CandleSink(DynamicSink[Trade | TradeBreak]):
+class CandleSink(DynamicSink[list[Trade | TradeBreak]]):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
@@ -40,21 +41,21 @@ class CandleSink(DynamicSink[Trade | TradeBreak]):
         return _CandlePartition(CandleStore(shared_clickhouse(self.settings), on_rewrite=publish))
 
 
-def decode(msg: KafkaSourceMessage) -> Trade | TradeBreak:
-    event = from_wire(msg.value)
-    assert isinstance(event, Trade | TradeBreak), f"unexpected {event.kind} on md.trades"
-    return event
+def decode(msgs: list[RawMessage]) -> list[list[Trade | TradeBreak]]:
+    """One item per Kafka batch."""
+    events = [from_wire(value) for _, _, value in msgs]
+    for event in events:
+        assert isinstance(event, Trade | TradeBreak), f"unexpected {event.kind} on md.trades"
+    return [events] if events else []
 
 
 def build(settings: Settings) -> Dataflow:
     t = topics_of(settings)
     flow = Dataflow("candles")
     msgs = op.input(
-        "trades",
-        flow,
-        source(settings, [t.trades], "tapeflow-candles", max_wait_ms=250, min_bytes=1 << 20),
+        "trades", flow, raw_source(settings, [t.trades], max_wait_ms=250, min_bytes=1 << 20)
     )
-    events = op.map("decode", msgs, decode)
+    events = op.flat_map_batch("decode", msgs, decode)
     op.output("one_minute", events, CandleSink(settings))
     return flow
 
