@@ -52,6 +52,10 @@ def free_redis_db(base: Settings) -> int:
     raise RuntimeError("no empty Redis database to run the benchmark in")
 
 
+# Extra arguments for `tapeflow run` (bench.pipeline --split sets ["--split"]).
+RUN_ARGS: list[str] = []
+
+
 class BenchPipeline:
     """One isolated pipeline and its `tapeflow run` process."""
 
@@ -86,13 +90,27 @@ class BenchPipeline:
         """Spawn `python -m infra.cli run` (API + normalize, quotes, candles)."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "infra.cli", "run"],
+                [sys.executable, "-m", "infra.cli", "run", *RUN_ARGS],
                 cwd=ROOT,
                 env={**os.environ, **self.env},
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
             )
+
+    def pids(self) -> list[int]:
+        """The `tapeflow run` process and, with --split, its flow processes."""
+        deadline = time.monotonic() + 10
+        while True:
+            path = f"/proc/{self.pid}/task/{self.pid}/children"
+            try:
+                with open(path) as f:
+                    children = [int(c) for c in f.read().split()]
+            except OSError:
+                children = []
+            if "--split" not in RUN_ARGS or len(children) >= 2 or time.monotonic() > deadline:
+                return [self.pid, *children]
+            time.sleep(0.1)
 
     @property
     def pid(self) -> int:

@@ -269,7 +269,7 @@ def run_latency(base: Settings, plan: Plan, quiet_s: float) -> LatencyResult:
         if not ready.wait(30):
             raise RuntimeError("the pub/sub subscriber did not start")
         assert sub.pid is not None
-        pids |= {"pipeline": [pipe.pid], "subscriber": [sub.pid]}
+        pids |= {"pipeline": pipe.pids(), "subscriber": [sub.pid]}
         result = _timed(pipe, plan, _Listener(stop, sub, out_path), pids)
         result.others_before = others
         return result

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import redis
 
+from bench import harness
 from bench.auth import api_headers
 from bench.latency import IDLE_S, LatencyResult, Plan, run_latency
 from bench.machine import machine_lines, median, percentile
@@ -43,6 +44,9 @@ TARGET_RATE = 10_000
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n")[0])
     p.add_argument("--part", choices=("all", "throughput", "latency"), default="all")
+    p.add_argument(
+        "--split", action="store_true", help="`tapeflow run --split` (flows in several processes)"
+    )
     t = p.add_argument_group("throughput (backlog drain of a simulated session)")
     t.add_argument("--symbols", type=int, default=50, help="symbols in the session")
     t.add_argument("--minutes", type=int, default=100, help="session length (100: ~200k events)")
@@ -320,6 +324,8 @@ def verdict(label: str, value: str, ok: bool | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.split:
+        harness.RUN_ARGS[:] = ["--split"]
     base = Settings()
     bad = [s.name for s in services.up(base) if not s.healthy]
     if bad:
@@ -330,7 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     say("\n".join(["", *machine_lines(str(server))]))
     say(
         "\npipeline: `python -m infra.cli run` = API + flows normalize, quotes, candles "
-        "(1 Bytewax worker each, threads of one process)"
+        + (
+            "(--split: API + candles in one process, normalize and quotes in one each)"
+            if args.split
+            else "(1 Bytewax worker each, threads of one process)"
+        )
     )
     medians: dict[str, float] = {}
     p99 = math.nan

@@ -316,7 +316,7 @@ def _measure(
     redis_probe = RedisProgress(pipe, session)
     candles = CandleProgress(pipe, session, opts.headers)
     pipe.start()
-    probes = _Probes(counter, redis_probe, candles, {"pipeline": [pipe.pid], **pids})
+    probes = _Probes(counter, redis_probe, candles, {"pipeline": pipe.pids(), **pids})
     spawned = time.monotonic()
     try:
         stable_since: float | None = None

@@ -32,6 +32,28 @@ class Peer:
     def writable(self) -> bool:
         return self._proto is None or self._proto.writable.is_set()
 
+    def send_now(self, text: bytes) -> bool:
+        """Write a text message (UTF-8 bytes) straight to the protocol, if it is open and
+        writable: what uvicorn's ASGI send does, without its awaits, the ASGI message
+        and a str round trip per message. False:
+        use the ASGI path (which waits for the buffer to drain)."""
+        proto = self._proto
+        if (
+            proto is None
+            or proto.close_sent
+            or getattr(proto, "disconnected", False)
+            or proto.transport is None
+            or proto.transport.is_closing()
+            or not proto.writable.is_set()
+        ):
+            return False
+        try:
+            proto.conn.send_text(text)
+        except Exception:  # the protocol is closing: the ASGI path will say so
+            return False
+        proto.transport.write(b"".join(proto.conn.data_to_send()))
+        return True
+
     def force_close(self, code: int, reason: str, last: list[bytes], grace_s: float) -> bool:
         """Queue the text messages `last`, then close(code), without waiting; abort after
         grace_s. False when this server's protocol is not one it knows."""

@@ -165,9 +165,10 @@ class Session:
                     continue
                 last = loop.time()
                 self.sending_since = last
-                self._unsent = frame  # until written: a cancelled send writes nothing
-                await self.ws.send_text(frame.decode())
-                self._unsent = None
+                if not self.peer.send_now(frame):
+                    self._unsent = frame  # until written: a cancelled send writes nothing
+                    await self.ws.send_text(frame.decode())
+                    self._unsent = None
                 self.sending_since = None
                 self.sent_messages += 1
         except asyncio.CancelledError:
