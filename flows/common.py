@@ -20,9 +20,13 @@ def deadletter_out(bad: Malformed, topic: str) -> OutMessage:
 
 
 def raw_source(
-    settings: Settings, topics: list[str], *, max_wait_ms: int = 5, min_bytes: int = 1
+    settings: Settings, topics: list[str], *, max_wait_ms: int = 100, min_bytes: int = 1
 ) -> RawKafkaSource:
-    """(topic, key, value) tuples; offsets live in Bytewax recovery snapshots."""
+    """(topic, key, value) tuples; offsets live in Bytewax recovery snapshots.
+
+    With fetch.min.bytes 1 the broker answers as soon as data arrives, so a long
+    max wait costs no latency; it only stops idle consumers from polling it hot.
+    """
     return RawKafkaSource(
         settings.bootstrap,
         topics,

@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 RawMessage = tuple[str, bytes | None, bytes]
 # (topic, key, value, headers)
 OutMessage = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
-IDLE = timedelta(milliseconds=1)
+IDLE = timedelta(milliseconds=2)
 SINK_PARTS = 8
 
 
