@@ -42,7 +42,9 @@ def batch_sink(settings: Settings) -> BatchKafkaSink:
     return BatchKafkaSink(
         {
             "bootstrap.servers": settings.bootstrap,
-            "linger.ms": "0",
+            # A few ms of batching costs little latency and saves the broker most of its
+            # per-request CPU (it was the busiest process at 10,000 msgs/s with 0).
+            "linger.ms": "3",
             "enable.idempotence": "true",
             "compression.type": "lz4",
             "queue.buffering.max.messages": "1000000",

@@ -1,10 +1,11 @@
 """Kafka at the flows' edges, shaped for throughput and recovery.
 
-RawKafkaSource: one partition of a topic per source partition, like Bytewax's own
-KafkaSource, but it never blocks the worker (an empty poll asks Bytewax to come
-back in a millisecond instead of waiting in librdkafka, which with many idle
-partitions adds up to milliseconds per loop) and yields plain (topic, key, value)
-tuples. Its resume state is the next offset, kept in Bytewax recovery snapshots.
+RawKafkaSource: unlike Bytewax's own KafkaSource it never blocks the worker (an
+empty poll asks Bytewax to come back in a few milliseconds instead of waiting in
+librdkafka, which with many idle partitions added up to milliseconds per loop),
+runs a few consumers rather than one per topic-partition, and yields plain
+(topic, key, value) tuples. Its resume state is the next offset of each
+topic-partition, kept in Bytewax recovery snapshots.
 
 BatchKafkaSink: items are lists of messages; it produces without waiting and
 flushes only when Bytewax snapshots the epoch, so every message is acknowledged
@@ -28,40 +29,58 @@ IDLE = timedelta(milliseconds=2)
 SINK_PARTS = 8
 
 
-class _SourcePart(StatefulSourcePartition[RawMessage, int]):
-    def __init__(self, config: dict[str, str], topic: str, partition: int, offset: int) -> None:
+class _SourcePart(StatefulSourcePartition[RawMessage, dict[str, int]]):
+    """One consumer for a group of topic-partitions; state maps "topic:partition" to the
+    next offset."""
+
+    def __init__(self, config: dict[str, str], offsets: dict[str, int]) -> None:
         self.consumer = Consumer(config)
-        self.consumer.assign([TopicPartition(topic, partition, offset)])
-        self.topic, self.next_offset, self.batch_size = topic, offset, 5000
+        self.offsets = dict(offsets)
+        self.consumer.assign(
+            [
+                TopicPartition(tp.rsplit(":", 1)[0], int(tp.rsplit(":", 1)[1]), off)
+                for tp, off in self.offsets.items()
+            ]
+        )
+        self.batch_size = 5000
         self.awake: datetime | None = None
 
     def next_batch(self) -> list[RawMessage]:
-        msgs = self.consumer.consume(self.batch_size, 0)
         out: list[RawMessage] = []
-        for m in msgs:
+        for m in self.consumer.consume(self.batch_size, 0):
             err = m.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
-                raise RuntimeError(f"kafka error on {self.topic}: {err}")
-            out.append((self.topic, m.key(), m.value()))
-            self.next_offset = m.offset() + 1
+                raise RuntimeError(f"kafka error on {m.topic()}: {err}")
+            topic = m.topic()
+            out.append((topic, m.key(), m.value()))
+            self.offsets[f"{topic}:{m.partition()}"] = m.offset() + 1
         self.awake = None if out else datetime.now(UTC) + IDLE
         return out
 
     def next_awake(self) -> datetime | None:
         return self.awake
 
-    def snapshot(self) -> int:
-        return self.next_offset
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.offsets)
 
     def close(self) -> None:
         self.consumer.close()
 
 
-class RawKafkaSource(FixedPartitionedSource[RawMessage, int]):
-    def __init__(self, bootstrap: str, topics: list[str], config: dict[str, str]) -> None:
-        self.topics = topics
+class RawKafkaSource(FixedPartitionedSource[RawMessage, dict[str, int]]):
+    """Topic-partitions dealt into `groups` source partitions, one consumer each.
+
+    Bytewax's own source runs a consumer per topic-partition; with a dozen of them per
+    flow the broker spent most of its CPU answering their fetches. Groups keep a few
+    consumers while still spreading over up to `groups` workers.
+    """
+
+    def __init__(
+        self, bootstrap: str, topics: list[str], config: dict[str, str], groups: int = 2
+    ) -> None:
+        self.topics, self.groups = topics, groups
         self.config = {
             "bootstrap.servers": bootstrap,
             "enable.auto.commit": "false",
@@ -69,23 +88,29 @@ class RawKafkaSource(FixedPartitionedSource[RawMessage, int]):
             **config,
         }
 
-    def list_parts(self) -> list[str]:
+    def _topic_partitions(self) -> list[str]:
         consumer = Consumer(self.config)
         try:
             meta = consumer.list_topics(timeout=10).topics
-            parts = []
+            found = []
             for topic in self.topics:
                 if topic not in meta or meta[topic].error is not None:
                     raise RuntimeError(f"topic {topic} does not exist; run `tapeflow up`")
-                parts += [f"{p}-{topic}" for p in meta[topic].partitions]
-            return parts
+                found += [f"{topic}:{p}" for p in sorted(meta[topic].partitions)]
+            return found
         finally:
             consumer.close()
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _SourcePart:
-        partition, topic = for_part.split("-", 1)
-        offset = OFFSET_BEGINNING if resume_state is None else resume_state
-        return _SourcePart(self.config, topic, int(partition), offset)
+    def list_parts(self) -> list[str]:
+        return [f"group-{i}" for i in range(self.groups)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: dict[str, int] | None
+    ) -> _SourcePart:
+        index = int(for_part.removeprefix("group-"))
+        mine = self._topic_partitions()[index :: self.groups]
+        state = resume_state or {}
+        return _SourcePart(self.config, {tp: state.get(tp, OFFSET_BEGINNING) for tp in mine})
 
 
 class _SinkPart(StatefulSinkPartition[list[OutMessage], None]):
