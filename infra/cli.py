@@ -80,7 +80,9 @@ def run(
     flows: Annotated[
         str, typer.Option(help="Comma-separated flows to host")
     ] = "normalize,quotes,candles",
-    workers: Annotated[int, typer.Option(min=1, help="Bytewax workers per flow")] = 1,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Bytewax workers per flow [TAPEFLOW_FLOW_WORKERS]")
+    ] = None,
     split: Annotated[
         bool, typer.Option(help="Run normalize and quotes as child processes (uses more cores)")
     ] = False,
@@ -88,11 +90,12 @@ def run(
     """Host the API and the flows in one process (what embedded chDB needs)."""
     from infra.runner import run as run_all
 
+    settings = _settings()
     run_all(
-        _settings(),
+        settings,
         api=api,
         flows=tuple(f for f in flows.split(",") if f),
-        workers=workers,
+        workers=workers or settings.flow_workers,
         split=split,
     )
 
