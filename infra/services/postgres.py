@@ -10,6 +10,7 @@ anyone else it simply runs as the current user.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
@@ -64,7 +65,7 @@ def healthy(settings: Settings) -> bool:
 def start(settings: Settings) -> int:
     bindir = find_bindir()
     user = run_as()
-    base = process.service_dir(settings, NAME)
+    base = reachable_dir(process.service_dir(settings, NAME), user)
     data, run_dir = base / "data", base / "run"
     prepare_dirs(base, run_dir, user)
     if not (base / "initialized").exists():
@@ -144,6 +145,36 @@ def run_as() -> str | None:
             "(created by apt-get install postgresql); create it or run as a normal user"
         ) from None
     return SYSTEM_USER
+
+
+FALLBACK_ROOT = Path("/var/lib/tapeflow")
+
+
+def _can_traverse(path: Path, user: str) -> bool:
+    probe = subprocess.run(
+        ["test", "-x", str(path)], user=user, group=user, extra_groups=[], check=False
+    )
+    return probe.returncode == 0
+
+
+def reachable_dir(base: Path, user: str | None) -> Path:
+    """The cluster's real folder: <home>/postgres itself, or, when the postgres user cannot
+    reach <home> (a clone under /root, as CI may make), a folder under /var/lib/tapeflow
+    that <home>/postgres links to, so the data still shows up under <home>."""
+    if user is None:
+        return base
+    if base.is_symlink():
+        return base.resolve()
+    base.parent.mkdir(parents=True, exist_ok=True)
+    if _can_traverse(base.parent, user):
+        return base
+    digest = hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:12]
+    real = FALLBACK_ROOT / digest
+    real.mkdir(parents=True, exist_ok=True)
+    FALLBACK_ROOT.chmod(0o755)
+    shutil.rmtree(base, ignore_errors=True)  # left by an attempt that could not work
+    base.symlink_to(real, target_is_directory=True)
+    return real
 
 
 def prepare_dirs(base: Path, run_dir: Path, user: str | None) -> None:

@@ -114,7 +114,9 @@ def owned_pid(settings: Settings, name: str) -> int | None:
         pid = int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-    if is_running(pid) and f"{home(settings)}/" in _cmdline(pid):
+    # The service folder may link elsewhere (PostgreSQL's, when home is under /root).
+    marks = (f"{home(settings)}/", f"{service_dir(settings, name).resolve()}/")
+    if is_running(pid) and any(mark in _cmdline(pid) for mark in marks):
         return pid
     path.unlink(missing_ok=True)
     return None
