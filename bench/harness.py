@@ -206,11 +206,6 @@ def process_cpu(pid: int) -> CpuSample:
     return CpuSample(time.monotonic(), (int(fields[11]) + int(fields[12])) / CLK_TCK)
 
 
-def cores_used(before: CpuSample, after: CpuSample) -> float:
-    wall = after.wall - before.wall
-    return (after.cpu_s - before.cpu_s) / wall if wall > 0 else 0.0
-
-
 def machine_busy_s() -> float:
     """CPU-seconds all cores have spent busy since boot (/proc/stat, all but idle+iowait)."""
     with open("/proc/stat") as f:

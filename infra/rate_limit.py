@@ -57,6 +57,3 @@ class RateLimiter:
         if allowed:
             return Decision(True, int(remaining), 0)
         return Decision(False, 0, max(1, math.ceil(int(wait_us) / 1_000_000)))
-
-    def reset(self, key: str) -> None:
-        self.redis.delete(self.prefix + key)

@@ -168,7 +168,3 @@ def from_dict(data: dict[str, Any]) -> Event:
     if "conditions" in data:
         data["conditions"] = tuple(data["conditions"])
     return cls(**data)
-
-
-def quantize_price(value: Decimal) -> Decimal:
-    return value.quantize(PRICE_PLACES)

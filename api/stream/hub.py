@@ -83,7 +83,6 @@ class Hub:
         self._pubsub: PubSubProtocol | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
-        self.messages_in = 0
         self.name = f"tapeflow-stream-{os.getpid()}-{id(self):x}"  # in Redis CLIENT LIST
 
     # ------------------------------------------------------------ lifecycle
@@ -306,7 +305,6 @@ class Hub:
                 del self._ops[name]
 
     def _dispatch(self, kind: Kind, ch: bytes, data: bytes, via_pattern: bool) -> None:
-        self.messages_in += 1
         if kind == "quotes" and NBBO_MARK not in data:
             return
         targets = self.by_channel.get(ch)

@@ -37,7 +37,6 @@ class Session:
         self.ws, self.cfg = ws, cfg
         self.peer = Peer(ws)
         self.seq = 0
-        self.sent_messages = 0
         self.dropped_total = 0
         self._quotes: dict[str, tuple[int, Piece]] = {}
         self._others: deque[tuple[int, Kind | None, str, Piece]] = deque()
@@ -170,7 +169,6 @@ class Session:
                     await self.ws.send_text(frame.decode())
                     self._unsent = None
                 self.sending_since = None
-                self.sent_messages += 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the client went away mid-send: the reader sees it too
