@@ -12,7 +12,7 @@ is published on trades:{SYM} as it comes (T "t" and T "x"), never conflated.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -43,66 +43,27 @@ SYMBOLS_KEY = "symbols"
 WRITES_PER_CALL = 500  # bounds how long one script call blocks Redis
 
 
-def quote_payload(q: Quote) -> bytes:
-    return orjson.dumps(
-        {
-            "T": "q",
-            "symbol": q.symbol,
-            "venue": q.venue,
-            "bid_price": str(q.bid_price),
-            "bid_size": q.bid_size,
-            "ask_price": str(q.ask_price),
-            "ask_size": q.ask_size,
-            "event_ns": q.event_ns,
-            "receive_ns": q.receive_ns,
-        }
-    )
+def _payload(code: str, fields: tuple[str, ...]) -> Callable[[Any], bytes]:
+    """A JSON encoder for one event kind: its type code, then the named fields in order."""
+
+    def encode(ev: Any) -> bytes:
+        # Decimals become strings (default=str), tuples arrays: money never a JSON number.
+        return orjson.dumps({"T": code, **{f: getattr(ev, f) for f in fields}}, default=str)
+
+    return encode
 
 
-def status_payload(s: Status) -> bytes:
-    return orjson.dumps(
-        {
-            "T": "s",
-            "symbol": s.symbol,
-            "venue": s.venue,
-            "state": s.state,
-            "reason": s.reason,
-            "event_ns": s.event_ns,
-            "receive_ns": s.receive_ns,
-        }
-    )
-
-
-def trade_payload(t: Trade) -> bytes:
-    return orjson.dumps(
-        {
-            "T": "t",
-            "symbol": t.symbol,
-            "venue": t.venue,
-            "trade_id": t.trade_id,
-            "price": str(t.price),
-            "size": t.size,
-            "conditions": list(t.conditions),
-            "event_ns": t.event_ns,
-            "receive_ns": t.receive_ns,
-        }
-    )
-
-
-def break_payload(b: TradeBreak) -> bytes:
-    """A trade break (cancel) of an earlier trade of the same venue and trade id."""
-    return orjson.dumps(
-        {
-            "T": "x",
-            "symbol": b.symbol,
-            "venue": b.venue,
-            "trade_id": b.trade_id,
-            "price": str(b.price),
-            "size": b.size,
-            "event_ns": b.event_ns,
-            "receive_ns": b.receive_ns,
-        }
-    )
+_TIMES = ("event_ns", "receive_ns")
+quote_payload = _payload(
+    "q", ("symbol", "venue", "bid_price", "bid_size", "ask_price", "ask_size", *_TIMES)
+)
+status_payload = _payload("s", ("symbol", "venue", "state", "reason", *_TIMES))
+trade_payload = _payload(
+    "t", ("symbol", "venue", "trade_id", "price", "size", "conditions", *_TIMES)
+)
+# A trade break (cancel) of an earlier trade of the same venue and trade id.
+break_payload = _payload("x", ("symbol", "venue", "trade_id", "price", "size", *_TIMES))
+security_payload = _payload("d", ("symbol", "venue", "round_lot", "test", "event_ns"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,19 +87,6 @@ def latest_per_key(events: Iterable[Event]) -> list[Quote | Status | Security]:
             if held is None or _order(ev) > _order(held):
                 best[key] = ev
     return list(best.values())
-
-
-def security_payload(s: Security) -> bytes:
-    return orjson.dumps(
-        {
-            "T": "d",
-            "symbol": s.symbol,
-            "venue": s.venue,
-            "round_lot": s.round_lot,
-            "test": s.test,
-            "event_ns": s.event_ns,
-        }
-    )
 
 
 # Redis key prefix, pub/sub channel prefix and payload of each stored kind.
