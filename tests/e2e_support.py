@@ -52,10 +52,11 @@ def expected_last_quotes(recordings: dict[str, Path]) -> dict[str, dict[str, Quo
 
 
 def nbbo_of(quotes: dict[str, Quote]) -> Quote | None:
+    # Fed in event-time order, the book's last NBBO has the final prices and sizes.
     book = NbboBook()
-    for q in quotes.values():
+    for q in sorted(quotes.values(), key=lambda q: q.event_ns):
         book.update(q)
-    return book._consolidate(next(iter(quotes.values()))) if quotes else None
+    return book.last
 
 
 def candle_from_api(symbol: str, row: dict) -> Candle:
