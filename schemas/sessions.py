@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cache
-from typing import Any
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 PERCENT_PLACES = Decimal("0.0001")
 
@@ -64,3 +65,78 @@ def day_change(last_price: Decimal | None, previous_close: Decimal | None) -> Da
     change = last_price - previous_close
     percent = (change * 100 / previous_close).quantize(PERCENT_PLACES, ROUND_HALF_EVEN)
     return DayChange(last_price, previous_close, change, percent)
+
+
+NEW_YORK = "America/New_York"
+PRE_OPEN = time(4, 0)
+REGULAR_OPEN = time(9, 30)
+REGULAR_CLOSE = time(16, 0)
+POST_CLOSE = time(20, 0)
+SessionKind = Literal["pre", "regular", "post", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class MarketSession:
+    """Where `now` falls in New York's trading day.
+
+    open and close are the regular session's bounds (UTC) on `now`'s New York date, None
+    when that date is not a trading day; close is 13:00 on half days.
+    """
+
+    kind: SessionKind
+    day: date  # New York date of `now`
+    open: datetime | None
+    close: datetime | None
+
+
+def is_trading_day(day: date) -> bool:
+    import pandas as pd
+
+    cal = _nyse()
+    if cal.first_session.date() <= day <= cal.last_session.date():
+        return bool(cal.is_session(pd.Timestamp(day)))
+    return day.weekday() < 5
+
+
+@cache
+def regular_hours(day: date) -> tuple[datetime, datetime] | None:
+    """The regular session of a New York date, in UTC, or None on a non-trading day."""
+    import pandas as pd
+
+    if not is_trading_day(day):
+        return None
+    cal = _nyse()
+    if cal.first_session.date() <= day <= cal.last_session.date():
+        ts = pd.Timestamp(day)
+        return (
+            cal.session_open(ts).to_pydatetime().astimezone(UTC),
+            cal.session_close(ts).to_pydatetime().astimezone(UTC),
+        )
+    ny = ZoneInfo(NEW_YORK)
+    return (
+        datetime.combine(day, REGULAR_OPEN, ny).astimezone(UTC),
+        datetime.combine(day, REGULAR_CLOSE, ny).astimezone(UTC),
+    )
+
+
+def market_session(now: datetime) -> MarketSession:
+    """pre 04:00–09:30, regular 09:30–close, post close–20:00 New York, else closed."""
+    if now.tzinfo is None:
+        raise ValueError("market_session needs an aware datetime")
+    ny = ZoneInfo(NEW_YORK)
+    local = now.astimezone(ny)
+    hours = regular_hours(local.date())
+    if hours is None:
+        return MarketSession("closed", local.date(), None, None)
+    open_, close = hours
+    pre = datetime.combine(local.date(), PRE_OPEN, ny)
+    post = datetime.combine(local.date(), POST_CLOSE, ny)
+    if open_ <= now < close:
+        kind: SessionKind = "regular"
+    elif pre <= now < open_:
+        kind = "pre"
+    elif close <= now < post:
+        kind = "post"
+    else:
+        kind = "closed"
+    return MarketSession(kind, local.date(), open_, close)
