@@ -41,6 +41,16 @@ class Topics:
     def deadletter(self) -> str:
         return f"{self.namespace}md.deadletter"
 
+    @property
+    def orders(self) -> str:
+        """Orders, cancels and replaces from the ledger's outbox, keyed by symbol."""
+        return f"{self.namespace}oms.orders"
+
+    @property
+    def executions(self) -> str:
+        """Answers and fills from the execution side, keyed by account."""
+        return f"{self.namespace}oms.executions"
+
 
 def topics_of(settings: Settings) -> Topics:
     return Topics(settings.namespace)
@@ -48,7 +58,15 @@ def topics_of(settings: Settings) -> Topics:
 
 def all_topics(settings: Settings) -> list[str]:
     t = topics_of(settings)
-    return [*(t.raw(v) for v in settings.venue_list), t.quotes, t.trades, t.status, t.deadletter]
+    return [
+        *(t.raw(v) for v in settings.venue_list),
+        t.quotes,
+        t.trades,
+        t.status,
+        t.deadletter,
+        t.orders,
+        t.executions,
+    ]
 
 
 def ensure_topics(settings: Settings, wanted: list[str] | None = None) -> None:

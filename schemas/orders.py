@@ -324,3 +324,24 @@ def place(req: OrderRequest, market: MarketView) -> Placement:
         assert req.qty is not None
         shares = req.qty
     return Placement(status, price, reserve_qty=shares)
+
+
+def full_reservation(
+    side: str,
+    qty: Decimal | None,
+    notional: Decimal | None,
+    reserve_price: Decimal | None,
+    filled_qty: Decimal = Decimal(0),
+) -> tuple[Decimal, Decimal]:
+    """(cash, shares) an order with these terms reserves while nothing of it has filled
+    beyond filled_qty; the same arithmetic as `place`, for replaces and invariant checks."""
+    if side == Side.BUY:
+        if notional is not None:
+            return notional, Decimal(0)
+        assert qty is not None and reserve_price is not None
+        return _up((qty - filled_qty) * reserve_price, CASH_PLACES), Decimal(0)
+    if notional is not None:
+        assert reserve_price is not None
+        return Decimal(0), _up(notional / reserve_price, QTY_PLACES)
+    assert qty is not None
+    return Decimal(0), qty - filled_qty

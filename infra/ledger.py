@@ -1,0 +1,659 @@
+"""The ledger of record in PostgreSQL: cash, reservations and orders (DESIGN.md section 3).
+
+Every change to money or to an order is one transaction here:
+- placing reserves cash (buys) or shares (sells) with a conditional UPDATE on the
+  account or position row, so concurrent orders serialize on that row and can never
+  reserve more than exists (the CHECK constraints of migration 0002 back this up);
+  the order row and its outbox message are written in the same transaction;
+- cancel and replace requests move the order through `schemas.order_states` and
+  write their own outbox messages;
+- answers from the execution side (`apply`) are recorded by event id first, so a
+  redelivered answer changes nothing, and an answer the state machine refuses is
+  stored as an anomaly rather than applied.
+Fills (executions, positions, lots) are applied by the ledger flow (issue 5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+from psycopg import errors
+from psycopg_pool import ConnectionPool
+
+from infra.topics import Topics
+from schemas.oms import ORDER_COLUMNS, Order, encode, now_ns, order_wire
+from schemas.order_states import OPEN, IllegalTransition, OrderEvent, OrderStatus, transition
+from schemas.orders import OrderRequest, Placement, Side, full_reservation
+
+OUTBOX_CHANNEL = "tapeflow_outbox"
+ZERO = Decimal(0)
+
+
+class LedgerError(Exception):
+    status = 422
+    code = "ledger_error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+
+
+class InsufficientBuyingPower(LedgerError):
+    status, code = 403, "insufficient_buying_power"
+
+
+class InsufficientQty(LedgerError):
+    status, code = 403, "insufficient_qty"
+
+
+class DuplicateClientOrderId(LedgerError):
+    status, code = 422, "duplicate_client_order_id"
+
+
+class OrderNotFound(LedgerError):
+    status, code = 404, "order_not_found"
+
+
+class NotCancelable(LedgerError):
+    status, code = 422, "order_not_cancelable"
+
+
+class NotReplaceable(LedgerError):
+    status, code = 422, "order_not_replaceable"
+
+
+class IdempotencyKeyReused(LedgerError):
+    status, code = 422, "idempotency_key_reused"
+
+
+class AccountNotFound(LedgerError):
+    status, code = 404, "account_not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    account_id: UUID
+    cash: Decimal
+    reserved_cash: Decimal
+    buying_power: Decimal
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A stored answer to a request made before with the same Idempotency-Key."""
+
+    status_code: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    event_id: str
+    outcome: str  # applied | duplicate | anomaly
+    reason: str = ""
+
+
+def request_hash(method: str, path: str, body: bytes) -> bytes:
+    return hashlib.sha256(b"%s %s\n%s" % (method.encode(), path.encode(), body)).digest()
+
+
+_BALANCE = "id, cash, reserved_cash, buying_power, updated_at"
+
+
+def _order_of(row: tuple | None) -> Order | None:
+    if row is None:
+        return None
+    values = list(row)
+    status_index = 17  # Order.status: rows carry text
+    values[status_index] = OrderStatus(values[status_index])
+    return Order(*values)
+
+
+class Ledger:
+    """Ledger operations for every account; API routes scope them by the caller's account."""
+
+    def __init__(self, pool: ConnectionPool, topics: Topics) -> None:
+        self.pool = pool
+        self.topics = topics
+
+    # -- cash ---------------------------------------------------------------------------
+
+    def balance(self, account_id: UUID) -> Balance:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                f"SELECT {_BALANCE} FROM accounts WHERE id = %s", (account_id,)
+            ).fetchone()
+        if row is None:
+            raise AccountNotFound(f"no account {account_id}")
+        return Balance(*row)
+
+    def deposit(self, account_id: UUID, amount: Decimal, note: str = "") -> Balance:
+        if not amount.is_finite() or amount <= 0 or amount != amount.quantize(Decimal("0.01")):
+            raise LedgerError(
+                "a deposit is a positive amount in dollars and cents", "invalid_amount"
+            )
+        with self.pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                f"UPDATE accounts SET cash = cash + %s, updated_at = now() WHERE id = %s "
+                f"RETURNING {_BALANCE}",
+                (amount, account_id),
+            ).fetchone()
+            if row is None:
+                raise AccountNotFound(f"no account {account_id}")
+            conn.execute(
+                "INSERT INTO cash_transfers (account_id, amount, kind, note) "
+                "VALUES (%s, %s, 'deposit', %s)",
+                (account_id, amount, note),
+            )
+        return Balance(*row)
+
+    # -- reads --------------------------------------------------------------------------
+
+    def get(self, account_id: UUID, order_id: UUID) -> Order:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = %s AND account_id = %s",
+                (order_id, account_id),
+            ).fetchone()
+        order = _order_of(row)
+        if order is None:
+            raise OrderNotFound(f"no order {order_id}")
+        return order
+
+    def by_client_order_id(self, account_id: UUID, client_order_id: str) -> Order:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                f"SELECT {ORDER_COLUMNS} FROM orders "
+                "WHERE account_id = %s AND client_order_id = %s",
+                (account_id, client_order_id),
+            ).fetchone()
+        order = _order_of(row)
+        if order is None:
+            raise OrderNotFound(f"no order with client_order_id {client_order_id!r}")
+        return order
+
+    def list(
+        self,
+        account_id: UUID,
+        *,
+        status: str = "open",
+        symbols: list[str] | None = None,
+        after: datetime | None = None,
+        until: datetime | None = None,
+        direction: str = "desc",
+        limit: int = 50,
+        cursor: tuple[datetime, UUID] | None = None,
+    ) -> list[Order]:
+        """Orders of the account by created_at (then id), `limit` of them after `cursor`."""
+        where = ["account_id = %s"]
+        params: list[Any] = [account_id]
+        open_list = [s.value for s in OPEN]
+        if status == "open":
+            where.append("status = ANY(%s)")
+            params.append(open_list)
+        elif status == "closed":
+            where.append("NOT (status = ANY(%s))")
+            params.append(open_list)
+        if symbols:
+            where.append("symbol = ANY(%s)")
+            params.append(symbols)
+        if after is not None:
+            where.append("created_at > %s")
+            params.append(after)
+        if until is not None:
+            where.append("created_at < %s")
+            params.append(until)
+        op, order = ("<", "DESC") if direction == "desc" else (">", "ASC")
+        if cursor is not None:
+            where.append(f"(created_at, id) {op} (%s, %s)")
+            params += list(cursor)
+        params.append(limit)
+        sql = (
+            f"SELECT {ORDER_COLUMNS} FROM orders WHERE {' AND '.join(where)} "
+            f"ORDER BY created_at {order}, id {order} LIMIT %s"
+        )
+        with self.pool.connection() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [o for o in map(_order_of, rows) if o is not None]
+
+    def replay(self, account_id: UUID, key: str, digest: bytes) -> Replay | None:
+        """The stored answer for this Idempotency-Key; IdempotencyKeyReused if the
+        request differs from the one the key was first used with."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT request_hash, status_code, body FROM idempotency_keys "
+                "WHERE account_id = %s AND key = %s",
+                (account_id, key),
+            ).fetchone()
+        if row is None:
+            return None
+        if bytes(row[0]) != digest:
+            raise IdempotencyKeyReused(f"Idempotency-Key {key!r} was used with a different request")
+        return Replay(row[1], bytes(row[2]))
+
+    # -- placing ------------------------------------------------------------------------
+
+    def place(
+        self,
+        account_id: UUID,
+        request: OrderRequest,
+        placement: Placement,
+        client_order_id: str | None = None,
+        *,
+        idempotency: tuple[str, bytes] | None = None,
+        render: Callable[[Order], bytes] | None = None,
+    ) -> Order | Replay:
+        """Reserve, record and queue the order for oms.orders, in one transaction.
+
+        With `idempotency` (key, request hash) the rendered answer is stored with the
+        order; a concurrent request with the same key waits for this one, then gets
+        its stored answer (Replay).
+        """
+        order_id = uuid4()
+        coid = client_order_id or str(order_id)
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                self._reserve(conn, account_id, request.side, request.symbol, placement)
+                order = self._insert_order(conn, order_id, account_id, coid, request, placement)
+                self._queue(conn, "new", order.symbol, {"order": order_wire(order)})
+                if idempotency is not None:
+                    key, digest = idempotency
+                    body = render(order) if render else b""
+                    conn.execute(
+                        "INSERT INTO idempotency_keys "
+                        "(account_id, key, request_hash, status_code, body) "
+                        "VALUES (%s, %s, %s, 200, %s)",
+                        (account_id, key, digest, body),
+                    )
+                return order
+        except errors.UniqueViolation as exc:
+            name = exc.diag.constraint_name
+            if name == "idempotency_keys_pkey" and idempotency is not None:
+                stored = self.replay(account_id, *idempotency)
+                if stored is not None:
+                    return stored
+            if name == "orders_client_order_id_key":
+                raise DuplicateClientOrderId(
+                    f"client_order_id {coid!r} is already used by an order of this account"
+                ) from None
+            raise
+
+    def _reserve(
+        self,
+        conn: psycopg.Connection,
+        account_id: UUID,
+        side: str,
+        symbol: str,
+        placement: Placement,
+        credit: tuple[Decimal, Decimal] = (ZERO, ZERO),
+    ) -> None:
+        """Reserve the placement's cash or shares beyond `credit` (what a replaced order
+        already holds), or raise 403. The conditional UPDATE locks the row: concurrent
+        reservations against one account or position queue behind each other."""
+        if side == Side.BUY:
+            extra = max(ZERO, placement.reserve_cash - credit[0])
+            row = conn.execute(
+                "UPDATE accounts SET reserved_cash = reserved_cash + %s, updated_at = now() "
+                "WHERE id = %s AND cash - reserved_cash >= %s RETURNING buying_power",
+                (extra, account_id, extra),
+            ).fetchone()
+            if row is None:
+                bp = conn.execute(
+                    "SELECT buying_power FROM accounts WHERE id = %s", (account_id,)
+                ).fetchone()
+                have = bp[0] if bp else ZERO
+                raise InsufficientBuyingPower(
+                    f"this order needs {extra} of buying power; the account has {have}"
+                )
+            return
+        extra = max(ZERO, placement.reserve_qty - credit[1])
+        row = conn.execute(
+            "UPDATE positions SET reserved_qty = reserved_qty + %s, updated_at = now() "
+            "WHERE account_id = %s AND symbol = %s AND qty - reserved_qty >= %s "
+            "RETURNING qty - reserved_qty",
+            (extra, account_id, symbol, extra),
+        ).fetchone()
+        if row is None:
+            held = conn.execute(
+                "SELECT qty - reserved_qty FROM positions WHERE account_id = %s AND symbol = %s",
+                (account_id, symbol),
+            ).fetchone()
+            have = held[0] if held else ZERO
+            raise InsufficientQty(
+                f"this sell needs {extra} shares of {symbol}; {have} are available "
+                "(no short selling)"
+            )
+
+    def _insert_order(
+        self,
+        conn: psycopg.Connection,
+        order_id: UUID,
+        account_id: UUID,
+        coid: str,
+        r: OrderRequest,
+        p: Placement,
+        *,
+        replaces: UUID | None = None,
+        reserved: tuple[Decimal, Decimal] | None = None,
+    ) -> Order:
+        cash, qty = reserved if reserved is not None else (p.reserve_cash, p.reserve_qty)
+        row = conn.execute(
+            "INSERT INTO orders (id, account_id, client_order_id, symbol, side, type, "
+            "time_in_force, qty, notional, limit_price, stop_price, trail_price, "
+            "trail_percent, extended_hours, status, reserve_price, reserved_cash, "
+            "reserved_qty, replaces) VALUES "
+            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            f"RETURNING {ORDER_COLUMNS}",
+            (
+                order_id,
+                account_id,
+                coid,
+                r.symbol,
+                r.side.value,
+                r.type.value,
+                r.time_in_force.value,
+                r.qty,
+                r.notional,
+                r.limit_price,
+                r.stop_price,
+                r.trail_price,
+                r.trail_percent,
+                r.extended_hours,
+                p.status.value,
+                p.reserve_price,
+                cash,
+                qty,
+                replaces,
+            ),
+        ).fetchone()
+        order = _order_of(row)
+        assert order is not None
+        return order
+
+    def _queue(self, conn: psycopg.Connection, kind: str, symbol: str, body: dict) -> None:
+        """An outbox row for oms.orders; its event id is filled in by the relay's id."""
+        payload = encode({"kind": kind, "at": now_ns(), **body})
+        conn.execute(
+            "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
+            (self.topics.orders, symbol, payload),
+        )
+        conn.execute("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
+
+    # -- cancel and replace requests ----------------------------------------------------
+
+    def _locked(self, conn: psycopg.Connection, account_id: UUID, order_id: UUID) -> Order:
+        row = conn.execute(
+            f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = %s AND account_id = %s FOR UPDATE",
+            (order_id, account_id),
+        ).fetchone()
+        order = _order_of(row)
+        if order is None:
+            raise OrderNotFound(f"no order {order_id}")
+        return order
+
+    def request_cancel(self, account_id: UUID, order_id: UUID) -> Order:
+        with self.pool.connection() as conn, conn.transaction():
+            return self._request_cancel(conn, self._locked(conn, account_id, order_id))
+
+    def _request_cancel(self, conn: psycopg.Connection, order: Order) -> Order:
+        try:
+            status = transition(order.status, OrderEvent.REQUEST_CANCEL)
+        except IllegalTransition:
+            raise NotCancelable(
+                f"order {order.id} is {order.status} and cannot be canceled"
+            ) from None
+        row = conn.execute(
+            f"UPDATE orders SET status = %s, updated_at = now(), version = version + 1 "
+            f"WHERE id = %s RETURNING {ORDER_COLUMNS}",
+            (status.value, order.id),
+        ).fetchone()
+        self._queue(
+            conn,
+            "cancel",
+            order.symbol,
+            {"order_id": order.id, "account_id": order.account_id, "symbol": order.symbol},
+        )
+        updated = _order_of(row)
+        assert updated is not None
+        return updated
+
+    def cancel_all(self, account_id: UUID) -> list[tuple[UUID, Order | LedgerError]]:
+        """Request a cancel for every open order; one answer per order, in one transaction."""
+        out: list[tuple[UUID, Order | LedgerError]] = []
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                f"SELECT {ORDER_COLUMNS} FROM orders WHERE account_id = %s "
+                "AND status = ANY(%s) ORDER BY created_at, id FOR UPDATE",
+                (account_id, [s.value for s in OPEN]),
+            ).fetchall()
+            for row in rows:
+                order = _order_of(row)
+                assert order is not None
+                if order.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
+                    continue  # already being changed: nothing new to ask
+                try:
+                    out.append((order.id, self._request_cancel(conn, order)))
+                except NotCancelable as exc:
+                    out.append((order.id, exc))
+        return out
+
+    def request_replace(
+        self,
+        account_id: UUID,
+        order_id: UUID,
+        build: Callable[[Order], tuple[OrderRequest, Placement, str | None]],
+    ) -> Order:
+        """Replace an order: `build(old)` validates the changed terms (the caller's rules)
+        and returns the new request, its placement and client_order_id. The new order
+        reserves only what the old one does not already hold; the old one's reservation
+        moves to it when the execution side confirms (see `apply`)."""
+        new_id = uuid4()
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                old = self._locked(conn, account_id, order_id)
+                try:
+                    status = transition(old.status, OrderEvent.REQUEST_REPLACE)
+                except IllegalTransition:
+                    raise NotReplaceable(
+                        f"order {old.id} is {old.status} and cannot be replaced"
+                    ) from None
+                request, placement, coid = build(old)
+                credit = (old.reserved_cash, old.reserved_qty)
+                self._reserve(conn, account_id, request.side, request.symbol, placement, credit)
+                extra = (
+                    max(ZERO, placement.reserve_cash - credit[0]),
+                    max(ZERO, placement.reserve_qty - credit[1]),
+                )
+                new = self._insert_order(
+                    conn,
+                    new_id,
+                    account_id,
+                    coid or str(new_id),
+                    request,
+                    placement,
+                    replaces=old.id,
+                    reserved=extra,
+                )
+                conn.execute(
+                    "UPDATE orders SET status = %s, replaced_by = %s, updated_at = now(), "
+                    "version = version + 1 WHERE id = %s",
+                    (status.value, new.id, old.id),
+                )
+                self._queue(
+                    conn,
+                    "replace",
+                    old.symbol,
+                    {
+                        "order_id": old.id,
+                        "account_id": account_id,
+                        "symbol": old.symbol,
+                        "expected_filled_qty": old.filled_qty,
+                        "order": order_wire(new),
+                    },
+                )
+                return new
+        except errors.UniqueViolation as exc:
+            if exc.diag.constraint_name == "orders_client_order_id_key":
+                raise DuplicateClientOrderId(
+                    "client_order_id is already used by an order of this account"
+                ) from None
+            raise
+
+    # -- answers from the execution side ------------------------------------------------
+
+    def apply(self, event: dict[str, Any]) -> Applied:
+        """Apply one oms.executions answer (not fills) exactly once, by event id."""
+        event_id = str(event["event_id"])
+        order_id = UUID(str(event["order_id"]))
+        kind = event["kind"]
+        at = datetime.fromtimestamp(int(event["at"]) / 1e9, UTC)
+        with self.pool.connection() as conn:
+            try:
+                with conn.transaction():
+                    first = conn.execute(
+                        "INSERT INTO applied_events (id, order_id, kind) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (id) DO NOTHING RETURNING id",
+                        (event_id, order_id, kind),
+                    ).fetchone()
+                    if first is None:
+                        return Applied(event_id, "duplicate")
+                    self._apply(conn, event, order_id, kind, at)
+                    return Applied(event_id, "applied")
+            except (IllegalTransition, _Anomaly) as exc:
+                return self._anomaly(conn, event, order_id, kind, str(exc))
+
+    def _apply(
+        self, conn: psycopg.Connection, event: dict, order_id: UUID, kind: str, at: datetime
+    ) -> None:
+        order = self._lock_any(conn, order_id)
+        if kind == "acknowledged":
+            self._move(conn, order, OrderEvent.ACKNOWLEDGE, at, "submitted_at")
+        elif kind == "rejected":
+            self._release(conn, order)
+            self._move(
+                conn, order, OrderEvent.REJECT, at, "failed_at", reason=event.get("reason", "")
+            )
+        elif kind == "canceled":
+            self._release(conn, order)
+            self._move(conn, order, OrderEvent.CANCEL, at, "canceled_at")
+        elif kind == "expired":
+            self._release(conn, order)
+            self._move(conn, order, OrderEvent.EXPIRE, at, "expired_at")
+        elif kind == "cancel_rejected":
+            self._move(conn, order, OrderEvent.CANCEL_REJECT, at, None)
+        elif kind == "replaced":
+            new = self._lock_any(conn, UUID(str(event["replaced_by"])))
+            self._transfer(conn, order, new)  # first: a replaced order reserves nothing
+            self._move(conn, order, OrderEvent.REPLACE, at, "replaced_at")
+            self._move(conn, new, OrderEvent.ACKNOWLEDGE, at, "submitted_at")
+        elif kind == "replace_rejected":
+            new = self._lock_any(conn, UUID(str(event["replaced_by"])))
+            self._move(conn, order, OrderEvent.REPLACE_REJECT, at, None)
+            self._release(conn, new)
+            self._move(
+                conn, new, OrderEvent.REJECT, at, "failed_at", reason=event.get("reason", "")
+            )
+        else:
+            raise _Anomaly(f"unknown answer kind {kind!r}")
+
+    def _lock_any(self, conn: psycopg.Connection, order_id: UUID) -> Order:
+        row = conn.execute(
+            f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = %s FOR UPDATE", (order_id,)
+        ).fetchone()
+        order = _order_of(row)
+        if order is None:
+            raise _Anomaly(f"no order {order_id}")
+        return order
+
+    def _move(
+        self,
+        conn: psycopg.Connection,
+        order: Order,
+        event: OrderEvent,
+        at: datetime,
+        stamp: str | None,
+        reason: str | None = None,
+    ) -> None:
+        status = transition(order.status, event, has_fills=order.filled_qty > 0)
+        sets = ["status = %s", "updated_at = now()", "version = version + 1"]
+        params: list[Any] = [status.value]
+        if stamp:
+            sets.append(f"{stamp} = COALESCE({stamp}, %s)")
+            params.append(at)
+        if reason is not None:
+            sets.append("reject_reason = %s")
+            params.append(reason)
+        params.append(order.id)
+        conn.execute(f"UPDATE orders SET {', '.join(sets)} WHERE id = %s", params)
+
+    def _release(self, conn: psycopg.Connection, order: Order) -> None:
+        """Give back everything the order still reserves."""
+        if order.reserved_cash:
+            conn.execute(
+                "UPDATE accounts SET reserved_cash = reserved_cash - %s, updated_at = now() "
+                "WHERE id = %s",
+                (order.reserved_cash, order.account_id),
+            )
+        if order.reserved_qty:
+            conn.execute(
+                "UPDATE positions SET reserved_qty = reserved_qty - %s, updated_at = now() "
+                "WHERE account_id = %s AND symbol = %s",
+                (order.reserved_qty, order.account_id, order.symbol),
+            )
+        conn.execute(
+            "UPDATE orders SET reserved_cash = 0, reserved_qty = 0 WHERE id = %s", (order.id,)
+        )
+
+    def _transfer(self, conn: psycopg.Connection, old: Order, new: Order) -> None:
+        """A confirmed replace: the new order now reserves exactly its full amount, made of
+        what it added plus the old order's reservation; any excess goes back."""
+        cash, qty = full_reservation(new.side, new.qty, new.notional, new.reserve_price)
+        held_cash = old.reserved_cash + new.reserved_cash
+        held_qty = old.reserved_qty + new.reserved_qty
+        if cash > held_cash or qty > held_qty:
+            raise _Anomaly(
+                f"replace of {old.id}: {new.id} needs {cash}/{qty}, holds {held_cash}/{held_qty}"
+            )
+        if held_cash - cash:
+            conn.execute(
+                "UPDATE accounts SET reserved_cash = reserved_cash - %s WHERE id = %s",
+                (held_cash - cash, old.account_id),
+            )
+        if held_qty - qty:
+            conn.execute(
+                "UPDATE positions SET reserved_qty = reserved_qty - %s "
+                "WHERE account_id = %s AND symbol = %s",
+                (held_qty - qty, old.account_id, old.symbol),
+            )
+        conn.execute(
+            "UPDATE orders SET reserved_cash = 0, reserved_qty = 0 WHERE id = %s", (old.id,)
+        )
+        conn.execute(
+            "UPDATE orders SET reserved_cash = %s, reserved_qty = %s WHERE id = %s",
+            (cash, qty, new.id),
+        )
+
+    def _anomaly(
+        self, conn: psycopg.Connection, event: dict, order_id: UUID, kind: str, reason: str
+    ) -> Applied:
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO ledger_anomalies (event_id, order_id, kind, reason, payload) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
+                (str(event["event_id"]), order_id, kind, reason, encode(event).decode()),
+            )
+        return Applied(str(event["event_id"]), "anomaly", reason)
+
+
+class _Anomaly(Exception):
+    """An answer the ledger must not apply; recorded in ledger_anomalies instead."""

@@ -1,0 +1,134 @@
+"""The order record and the messages between the ledger and the execution side.
+
+oms.orders (keyed by symbol, written only by the outbox relay), one JSON object each:
+    {"event_id": "o:<outbox id>", "kind": "new",     "at": ns, "order": {...}}
+    {"event_id": ..., "kind": "cancel",  "at": ns, "order_id", "account_id", "symbol"}
+    {"event_id": ..., "kind": "replace", "at": ns, "order_id", "account_id", "symbol",
+     "expected_filled_qty": "0", "order": {... the replacing order ...}}
+The execution side must apply a replace only if the old order's filled quantity is
+still `expected_filled_qty` (what the ledger knew when it moved the reservation);
+otherwise it answers replace_rejected and the old order keeps working.
+
+oms.executions (keyed by account id), answers and fills from the execution side:
+    {"event_id": "<deterministic>", "kind": K, "at": ns, "order_id", "account_id",
+     "symbol", ...}
+with K one of acknowledged, rejected (+ "reason"), canceled (+ "reason"),
+cancel_rejected, replaced (+ "replaced_by"), replace_rejected (+ "replaced_by",
+"reason"), expired, fill (+ "exec_id", "qty", "price", "venue", "route"). Every
+consumer is idempotent by event_id. Decimals travel as strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from schemas.order_states import OrderStatus
+
+ORDER_KINDS = ("new", "cancel", "replace")
+EXECUTION_KINDS = (
+    "acknowledged",
+    "rejected",
+    "canceled",
+    "cancel_rejected",
+    "replaced",
+    "replace_rejected",
+    "expired",
+    "fill",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """One row of `orders`, column for column (infra/ledger.py selects ORDER_COLUMNS)."""
+
+    id: UUID
+    account_id: UUID
+    client_order_id: str
+    symbol: str
+    side: str
+    type: str
+    time_in_force: str
+    qty: Decimal | None
+    notional: Decimal | None
+    filled_qty: Decimal
+    filled_avg_price: Decimal | None
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    trail_price: Decimal | None
+    trail_percent: Decimal | None
+    hwm: Decimal | None
+    extended_hours: bool
+    status: OrderStatus
+    reject_reason: str | None
+    reserve_price: Decimal | None
+    reserved_cash: Decimal
+    reserved_qty: Decimal
+    created_at: datetime
+    updated_at: datetime
+    submitted_at: datetime | None
+    filled_at: datetime | None
+    canceled_at: datetime | None
+    expired_at: datetime | None
+    replaced_at: datetime | None
+    failed_at: datetime | None
+    replaced_by: UUID | None
+    replaces: UUID | None
+    version: int
+
+
+ORDER_COLUMNS = ", ".join(f.name for f in fields(Order))
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """orjson with Decimals as strings; UUIDs and datetimes (RFC 3339, UTC) natively."""
+    return orjson.dumps(message, default=_default)
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    return orjson.loads(raw)
+
+
+def order_wire(order: Order) -> dict[str, Any]:
+    """The order as the execution side needs it (every field; Decimals kept)."""
+    return asdict(order)
+
+
+def now_ns() -> int:
+    return int(datetime.now(UTC).timestamp() * 1_000_000) * 1000
+
+
+def order_from_wire(d: dict[str, Any]) -> Order:
+    """Inverse of encode(order_wire(order)) after decode: strings back to types."""
+    out: dict[str, Any] = {}
+    for f in fields(Order):
+        v = d.get(f.name)
+        if v is None:
+            out[f.name] = None
+        elif f.name in ("id", "account_id", "replaced_by", "replaces"):
+            out[f.name] = UUID(v)
+        elif f.name.endswith("_at"):
+            out[f.name] = datetime.fromisoformat(v)
+        elif f.name == "status":
+            out[f.name] = OrderStatus(v)
+        elif f.name in ("extended_hours", "version", "client_order_id", "symbol") or f.name in (
+            "side",
+            "type",
+            "time_in_force",
+            "reject_reason",
+        ):
+            out[f.name] = v
+        else:
+            out[f.name] = Decimal(v)
+    return Order(**out)
