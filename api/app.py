@@ -6,9 +6,10 @@ from fastapi import Depends, FastAPI
 
 from api import errors
 from api.auth import authorized
-from api.routes import accounts, candles, health, keys, quotes, stream, watchlists
+from api.routes import accounts, candles, health, keys, orders, quotes, stream, watchlists
 from infra.candle_store import CandleStore
 from infra.clickhouse import shared_clickhouse
+from infra.market_view import wall_clock
 from infra.quote_store import QuoteStore
 from infra.rate_limit import RateLimiter
 from infra.settings import Settings, get_settings
@@ -17,7 +18,7 @@ from infra.settings import Settings, get_settings
 OPEN_ROUTERS = (health, stream)  # WS /v1/stream authenticates in its own protocol
 # Behind a Bearer API key and its rate limit (api/auth.py), as one router dependency each,
 # so no route of these modules can forget it.
-PROTECTED_ROUTERS = (quotes, candles, accounts, keys, watchlists)
+PROTECTED_ROUTERS = (quotes, candles, accounts, keys, watchlists, orders)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -25,14 +26,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Tapeflow",
         version="0.1.0",
-        description="Market data, candles, accounts and watchlists from a self-hosted stream "
-        "pipeline. Every route but /health needs `Authorization: Bearer <key_id>.<secret>` "
+        description="Market data, candles, accounts, orders and watchlists from a self-hosted "
+        "stream pipeline. Every route but /health needs `Authorization: Bearer <key_id>.<secret>` "
         "(Authorize button above).",
     )
     app.state.settings = settings
     app.state.quotes = QuoteStore(settings.redis)
     app.state.candles = CandleStore(shared_clickhouse(settings))
     app.state.limiter = RateLimiter(settings.redis)
+    # The time order placement sees (sessions, auction cut-offs): wall UTC; tests set a
+    # fixed one. A later issue makes it follow the feed's time during replays.
+    app.state.clock = wall_clock
     errors.install(app)
     include_routers(app)
     return app

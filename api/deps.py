@@ -11,8 +11,11 @@ from psycopg_pool import ConnectionPool
 from api.errors import invalid
 from infra import db
 from infra.candle_store import CandleStore
+from infra.ledger import Ledger
+from infra.market_view import Clock
 from infra.quote_store import QuoteStore
 from infra.settings import Settings
+from infra.topics import topics_of
 
 SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,10}$")
 
@@ -34,6 +37,19 @@ def _db(request: Request) -> ConnectionPool:
     return db.pool(request.app.state.settings.postgres)
 
 
+def _ledger(request: Request) -> Ledger:
+    state = request.app.state
+    ledger = getattr(state, "ledger", None)
+    if ledger is None:  # opened by the first request that needs it, like the pool
+        ledger = state.ledger = Ledger(db.pool(state.settings.postgres), topics_of(state.settings))
+    return ledger
+
+
+def _clock(request: Request) -> Clock:
+    # app.state.clock: wall UTC by default (api.app.create_app); tests fix it.
+    return request.app.state.clock
+
+
 def valid_symbol(raw: str) -> str:
     symbol = raw.strip().upper()
     if not SYMBOL_RE.match(symbol):
@@ -50,3 +66,5 @@ QuotesDep = Annotated[QuoteStore, Depends(_quotes)]
 CandlesDep = Annotated[CandleStore, Depends(_candles)]
 SymbolPath = Annotated[str, Depends(_path_symbol)]
 DbDep = Annotated[ConnectionPool, Depends(_db)]
+LedgerDep = Annotated[Ledger, Depends(_ledger)]
+ClockDep = Annotated[Clock, Depends(_clock)]

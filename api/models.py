@@ -3,15 +3,56 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
-from typing import Annotated, Literal
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field, PlainSerializer, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StringConstraints,
+    WithJsonSchema,
+)
 
+from api.errors import ErrorBody
 from infra.accounts import AccountStatus
 
 Money = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str)]
+MAX_DECIMAL_TEXT = 40
+
+
+def _exact_decimal(value: Any) -> Decimal:
+    """A decimal from a JSON string or number, exactly as written. The bodies that use this
+    are parsed with api.body.parse (json.loads with parse_float=Decimal), so a JSON number
+    never passes through a float; a float reaching here is refused."""
+    if isinstance(value, bool | float):
+        raise ValueError("give a decimal number or a string such as \"10.25\"")
+    if isinstance(value, Decimal):
+        d = value
+    elif isinstance(value, int):
+        d = Decimal(value)
+    elif isinstance(value, str) and len(value) <= MAX_DECIMAL_TEXT:
+        try:
+            d = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a decimal number") from None
+    else:
+        raise ValueError("give a decimal number or a string such as \"10.25\"")
+    if not d.is_finite():
+        raise ValueError("must be a finite number")
+    return d
+
+
+# Accepted as a JSON string ("10.25", the form every answer uses) or number (10.25).
+ExactDecimal = Annotated[
+    Decimal,
+    BeforeValidator(_exact_decimal),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}], "examples": ["10.25"]}),
+]
 Interval = Literal["1m", "5m", "15m", "1h", "1d"]
 
 
@@ -76,6 +117,21 @@ class AccountOut(BaseModel):
     status: AccountStatus
     currency: str = Field(description="ISO 4217; USD for now")
     created_at: datetime
+    cash: Money = Field(description="Cash in the account, reserved cash included")
+    reserved_cash: Money = Field(description="What open buy orders reserve (worst case)")
+    buying_power: Money = Field(description="cash - reserved_cash: what a new buy may use")
+    long_market_value: Money = Field(
+        description="Sum over positions of qty x the NBBO midpoint (the average cost when "
+        "there is no two-sided quote)"
+    )
+    equity: Money = Field(description="cash + long_market_value")
+
+
+class DepositIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: ExactDecimal = Field(description="Dollars and cents, positive, e.g. \"10000\"")
+    note: Annotated[str, StringConstraints(max_length=200)] = ""
 
 
 class KeyIn(BaseModel):
@@ -145,3 +201,98 @@ class WatchlistAssetOut(BaseModel):
 
 class WatchlistDetailOut(WatchlistOut):
     assets: list[WatchlistAssetOut] = Field(description="One per symbol, in display order")
+
+
+# --------------------------------------------------------------------------- orders
+
+Side = Literal["buy", "sell"]
+OrderTypeName = Literal["market", "limit", "stop", "stop_limit", "trailing_stop"]
+TimeInForceName = Literal["day", "gtc", "opg", "cls", "ioc", "fok"]
+ClientOrderId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class OrderIn(BaseModel):
+    """A new order. Decimals as JSON strings or numbers, read exactly (never via float)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    symbol: Annotated[str, StringConstraints(min_length=1, max_length=12)]
+    side: Side
+    type: OrderTypeName
+    time_in_force: TimeInForceName
+    qty: ExactDecimal | None = Field(default=None, description="Shares, up to 6 places")
+    notional: ExactDecimal | None = Field(default=None, description="Dollars (market, day)")
+    limit_price: ExactDecimal | None = None
+    stop_price: ExactDecimal | None = None
+    trail_price: ExactDecimal | None = None
+    trail_percent: ExactDecimal | None = None
+    extended_hours: StrictBool = False
+    client_order_id: ClientOrderId | None = Field(
+        default=None, description="Unique per account; the order id when omitted"
+    )
+
+
+class ReplaceIn(BaseModel):
+    """The terms to change; the others are the old order's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    qty: ExactDecimal | None = None
+    limit_price: ExactDecimal | None = None
+    stop_price: ExactDecimal | None = None
+    trail: ExactDecimal | None = Field(
+        default=None, description="The new trail_price or trail_percent, whichever the order has"
+    )
+    time_in_force: TimeInForceName | None = None
+    client_order_id: ClientOrderId | None = None
+
+
+OptMoney = Money | None
+
+
+class OrderOut(BaseModel):
+    """An order, shaped like Alpaca's order object. Decimals are strings."""
+
+    id: UUID
+    client_order_id: str
+    created_at: datetime
+    updated_at: datetime
+    submitted_at: datetime | None = Field(description="When the execution side took it")
+    filled_at: datetime | None
+    expired_at: datetime | None
+    canceled_at: datetime | None
+    failed_at: datetime | None = Field(description="When it was rejected")
+    replaced_at: datetime | None
+    replaced_by: UUID | None
+    replaces: UUID | None
+    symbol: str
+    side: Side
+    type: OrderTypeName
+    time_in_force: TimeInForceName
+    qty: OptMoney
+    notional: OptMoney
+    filled_qty: Money
+    filled_avg_price: OptMoney
+    limit_price: OptMoney
+    stop_price: OptMoney
+    trail_price: OptMoney
+    trail_percent: OptMoney
+    hwm: OptMoney = Field(description="Trailing stops: the high (sells) or low (buys) water mark")
+    extended_hours: bool
+    status: str = Field(
+        description="accepted, pending_new, new, partially_filled, filled, pending_cancel, "
+        "pending_replace, canceled, expired, replaced, rejected"
+    )
+    reject_reason: str | None
+    reserve_price: OptMoney = Field(
+        description="The worst price the reservation covers: a buy never fills above it"
+    )
+    reserved_cash: Money = Field(description="Cash this order holds now (buys)")
+    reserved_qty: Money = Field(description="Shares this order holds now (sells)")
+    version: int = Field(description="Rises with every change of the order")
+
+
+class CancelResultOut(BaseModel):
+    id: UUID
+    status: int = Field(description="HTTP status of this order's cancel request")
+    body: OrderOut | ErrorBody

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import httpx
 import typer
 
-from infra.cli_accounts import DEMO_EMAIL, demo_token, keys_app, users_app
+from infra.cli_accounts import DEMO_EMAIL, accounts_app, demo_token, keys_app, users_app
 from infra.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
+app.add_typer(accounts_app, name="accounts")
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "session-2026-11-24"
 CSV_HEADER = ["symbol", "start", "open", "high", "low", "close", "volume", "vwap", "trades"]
@@ -279,6 +280,7 @@ def demo(
     hold: Annotated[bool, typer.Option(help="Keep serving after the replay until Ctrl-C")] = True,
 ) -> None:
     """Services up, the pipeline and API started, a recorded session replayed."""
+    import os
     import subprocess
 
     from infra import services
@@ -293,7 +295,11 @@ def demo(
     log_path = settings.home.resolve() / "logs" / "run.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "run"], stdout=log, stderr=log)
+        # The demo lets its users fund themselves: POST /v1/account/deposits.
+        env = {**os.environ, "TAPEFLOW_ALLOW_DEPOSITS": "true"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", "run"], stdout=log, stderr=log, env=env
+        )
     base = f"http://{settings.api_host}:{settings.api_port}"
     try:
         _wait_http(f"{base}/health", proc, log_path)

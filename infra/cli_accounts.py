@@ -1,9 +1,11 @@
-"""`tapeflow users …` and `tapeflow keys …`: operators manage users and API keys directly in
-PostgreSQL (no API needed), and the demo's own user and key."""
+"""`tapeflow users …`, `tapeflow keys …` and `tapeflow accounts …`: operators manage users,
+API keys and demo funding directly in PostgreSQL (no API needed), and the demo's own user
+and key."""
 
 from __future__ import annotations
 
 import os
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +16,7 @@ from infra.settings import Settings, get_settings
 
 users_app = typer.Typer(help="Users and their accounts.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (Bearer tokens).", no_args_is_help=True)
+accounts_app = typer.Typer(help="Accounts' cash.", no_args_is_help=True)
 
 DEMO_EMAIL = "demo@tapeflow.local"
 DEMO_TOKEN_FILE = "demo.token"  # under TAPEFLOW_HOME, mode 0600
@@ -93,6 +96,34 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="e.g. TFABCDEFGHIJKLM
         typer.echo(f"no API key {key_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
+
+
+@accounts_app.command("fund")
+def accounts_fund(
+    email: Annotated[str, typer.Option(help="The account's user")],
+    amount: Annotated[str, typer.Option(help="Dollars and cents, e.g. 10000 or 250.50")],
+    note: Annotated[str, typer.Option(help="Kept with the deposit")] = "tapeflow accounts fund",
+) -> None:
+    """Deposit cash into a user's account (demo funding); prints the new balance."""
+    from infra.ledger import Ledger, LedgerError
+    from infra.topics import topics_of
+
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        raise typer.BadParameter(f"not an amount: {amount!r}", param_hint="--amount") from None
+    user = _user(email)
+    account = accounts.account_of_user(_pool(), user.id)
+    if account is None:
+        typer.echo(f"{email} has no account", err=True)
+        raise typer.Exit(1)
+    try:
+        balance = Ledger(_pool(), topics_of(get_settings())).deposit(account.id, value, note)
+    except LedgerError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--amount") from None
+    typer.echo(f"account_id: {balance.account_id}")
+    typer.echo(f"cash: {balance.cash}")
+    typer.echo(f"buying_power: {balance.buying_power}")
 
 
 def _when(t) -> str:

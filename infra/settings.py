@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # working here for up to this long (0 checks PostgreSQL on every request).
     auth_cache_s: float = 5.0
     flow_workers: int = 1
+    # POST /v1/account/deposits for every user, not only operators (`tapeflow demo` sets it).
+    allow_deposits: bool = False
 
     @property
     def bootstrap(self) -> str:

@@ -52,6 +52,7 @@ def fill(path: str, **values: str) -> str:
         "symbol": "AAPL",
         "watchlist_id": str(uuid.uuid4()),
         "key_id": "TFAAAAAAAAAAAAAAAA",
+        "order_id": str(uuid.uuid4()),
     }
     return PARAM.sub(lambda m: values.get(m[1], defaults.get(m[1], "x")), path)
 

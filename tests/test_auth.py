@@ -145,6 +145,10 @@ def test_a_valid_key_reads_its_account(client, services):
         "status": "active",
         "currency": "USD",
         "created_at": body["created_at"],
+        # A new account holds no money (tests/test_orders_api.py covers these figures).
+        **dict.fromkeys(
+            ("cash", "reserved_cash", "buying_power", "long_market_value", "equity"), "0.0000"
+        ),
     }
     assert len(account.account_number) == 10 and account.account_number.isdigit()
     assert resp.headers["X-RateLimit-Limit"] == "200"

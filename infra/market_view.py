@@ -1,0 +1,89 @@
+"""What order placement knows about a symbol right now, read from Redis (one round trip).
+
+The layout is infra/quote_store.py's:
+- tradable: some venue's `security:{SYM}` entry is a non-test issue;
+- halted: any venue's `status:{SYM}` is halted or paused;
+- bid/ask: the NBBO of `quote:{SYM}` when both of its prices are above zero;
+- known: the symbol is in the `symbols` set (any market data at all).
+
+The clock: `now` is the API process's clock, `app.state.clock` (a callable returning an
+aware UTC datetime; wall time by default, see `wall_clock`). Tests replace it with a
+fixed time to choose the session. A later issue will make it follow the feed's event
+time during replays, so a replayed session trades in that session's hours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import orjson
+import redis
+
+from schemas.marketdata import NBBO_VENUE
+from schemas.orders import MarketView
+from schemas.sessions import market_session
+
+Clock = Callable[[], datetime]
+HALTED_STATES = frozenset({"halted", "paused"})
+SYMBOLS_KEY = "symbols"
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolView:
+    known: bool
+    market: MarketView
+
+
+def _entries(raw: dict[bytes, bytes]) -> list[dict]:
+    return [orjson.loads(v) for f, v in raw.items() if not f.endswith(b":ns")]
+
+
+def two_sided(raw: bytes | None) -> tuple[Decimal, Decimal] | None:
+    """(bid, ask) of a stored quote payload when both sides are above zero."""
+    if not raw:
+        return None
+    q = orjson.loads(raw)
+    bid, ask = Decimal(q["bid_price"]), Decimal(q["ask_price"])
+    return (bid, ask) if bid > 0 and ask > 0 else None
+
+
+def symbol_view(client: redis.Redis, symbol: str, now: datetime) -> SymbolView:
+    pipe = client.pipeline(transaction=False)
+    pipe.sismember(SYMBOLS_KEY, symbol)
+    pipe.hgetall(f"security:{symbol}")
+    pipe.hgetall(f"status:{symbol}")
+    pipe.hget(f"quote:{symbol}", NBBO_VENUE)
+    known, securities, statuses, nbbo = pipe.execute()
+    quote = two_sided(nbbo)
+    market = MarketView(
+        now=now,
+        session=market_session(now),
+        tradable=any(not s.get("test", False) for s in _entries(securities)),
+        halted=any(s.get("state") in HALTED_STATES for s in _entries(statuses)),
+        bid=quote[0] if quote else None,
+        ask=quote[1] if quote else None,
+    )
+    return SymbolView(bool(known), market)
+
+
+def mids(client: redis.Redis, symbols: Iterable[str]) -> dict[str, Decimal]:
+    """The NBBO midpoint of each symbol that has a two-sided quote (others are absent)."""
+    symbols = list(symbols)
+    if not symbols:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for s in symbols:
+        pipe.hget(f"quote:{s}", NBBO_VENUE)
+    out = {}
+    for s, raw in zip(symbols, pipe.execute(), strict=True):
+        quote = two_sided(raw)
+        if quote:
+            out[s] = (quote[0] + quote[1]) / 2
+    return out
