@@ -14,7 +14,7 @@ The rules (README "Orders" documents them for users):
   trail_percent (0 < % < 100). Prices on the tick: 0.01 at or above $1, 0.0001 below.
 - time_in_force: day and gtc for every type; opg and cls for market and limit; ioc and
   fok for market and limit. opg is refused from 09:28 New York until the close, cls
-  from 15:50 (the auctions' cut-offs).
+  from 15:50 (12:50 on half days): the auctions' cut-offs.
 - extended_hours only for limit orders with time_in_force day.
 - The symbol must be in a venue's security directory as a non-test issue.
 - Halted symbols: orders that would execute at market (market, stop, trailing_stop)
@@ -35,7 +35,7 @@ The rules (README "Orders" documents them for users):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from decimal import ROUND_CEILING, Decimal
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -54,6 +54,7 @@ MAX_NOTIONAL = Decimal(1_000_000_000)
 CLIENT_ORDER_ID_MAX = 128
 OPG_CUTOFF = (9, 28)
 CLS_CUTOFF = (15, 50)
+CLS_BEFORE_CLOSE = timedelta(minutes=10)
 
 
 class Side(StrEnum):
@@ -240,14 +241,19 @@ def _time_in_force(req: OrderRequest, market: MarketView) -> None:
         )
     cutoff = {F.OPG: OPG_CUTOFF, F.CLS: CLS_CUTOFF}.get(req.time_in_force)
     session = market.session
-    if cutoff and session.kind == "regular" and session.close is not None:
-        local = market.now.astimezone(ZoneInfo("America/New_York"))
-        if (local.hour, local.minute) >= cutoff:
+    if cutoff and session.close is not None:
+        # From the cut-off (09:28 is still pre-market) until the close of a trading day;
+        # on half days the closing auction's cut-off is 10 minutes before the close.
+        ny = ZoneInfo("America/New_York")
+        start = datetime.combine(session.day, time(*cutoff), ny)
+        if req.time_in_force == F.CLS:
+            start = min(start, session.close - CLS_BEFORE_CLOSE)
+        if start <= market.now < session.close:
             name = "opening" if req.time_in_force == F.OPG else "closing"
             raise OrderRefused(
                 "auction_closed",
                 f"the {name} auction takes {req.time_in_force} orders until "
-                f"{cutoff[0]:02d}:{cutoff[1]:02d} New York",
+                f"{start.astimezone(ny):%H:%M} New York",
             )
 
 
