@@ -102,6 +102,14 @@ def run(
 
 
 @app.command()
+def relay() -> None:
+    """Relay committed outbox rows to Kafka oms.orders, exactly once in effect (foreground)."""
+    from infra.outbox import main
+
+    main()
+
+
+@app.command()
 def replay(
     file: Annotated[
         Path, typer.Argument(exists=True, dir_okay=False, help=".jsonl or .tops recording")
