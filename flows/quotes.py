@@ -15,21 +15,27 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.common import raw_source
 from flows.kafka_io import RawMessage
-from infra.quote_store import QuoteStore
+from infra.quote_store import Publish, QuoteStore, Write, wire_publish, wire_write
 from infra.settings import Settings, get_settings
 from infra.topics import topics_of
-from schemas.marketdata import Event, from_dict
+
+Batch = tuple[list[Write], list[Publish]]
 
 
-class _RedisPartition(StatelessSinkPartition[list[Event]]):
+class _RedisPartition(StatelessSinkPartition[Batch]):
     def __init__(self, store: QuoteStore) -> None:
         self.store = store
 
-    def write_batch(self, items: list[list[Event]]) -> None:
-        self.store.apply([e for batch in items for e in batch])
+    def write_batch(self, items: list[Batch]) -> None:
+        if len(items) == 1:
+            writes, publishes = items[0]
+        else:  # several Kafka batches at once: conflate across them too
+            writes = newest([w for batch, _ in items for w in batch])
+            publishes = [p for _, batch in items for p in batch]
+        self.store.write(writes, publishes)
 
 
-class RedisQuoteSink(DynamicSink[list[Event]]):
+class RedisQuoteSink(DynamicSink[Batch]):
     def __init__(self, url: str) -> None:
         self.url = url
 
@@ -41,25 +47,41 @@ STORED = frozenset({"quote", "status", "security"})
 PUBLISHED = frozenset({"trade", "break"})
 
 
-def conflate(msgs: list[RawMessage]) -> list[list[Event]]:
+def newest(writes: list[Write]) -> list[Write]:
+    """The newest write per (kind, symbol, venue); equal versions keep the first."""
+    best: dict[tuple[str, str, str], Write] = {}
+    for w in writes:
+        key = (w[0], w[1], w[2])
+        held = best.get(key)
+        if held is None or (len(w[3]), w[3]) > (len(held[3]), held[3]):
+            best[key] = w
+    return list(best.values())
+
+
+def conflate(msgs: list[RawMessage]) -> list[Batch]:
     """One item per Kafka batch: the newest quote/status/security per (kind, symbol,
-    venue), chosen before building events (most quotes in a busy batch lose), then
-    every trade and break in order. Equal versions keep the first, as Redis does."""
-    newest: dict[tuple[str, str, str], tuple[tuple[int, int], dict]] = {}
+    venue), chosen on the decoded wire objects (most quotes in a busy batch lose), and
+    every trade and break in order; other kinds are dropped. Equal versions keep the
+    first, as Redis does. No event objects are built: the store's writes and publishes
+    are encoded straight from the wire objects, whose prices are already the strings
+    the events would give (infra.quote_store.wire_write)."""
+    held: dict[tuple[str, str, str], tuple[tuple[int, int], dict]] = {}
     trades: list[dict] = []
+    loads = orjson.loads
     for _, _, value in msgs:
-        data = orjson.loads(value)
+        data = loads(value)
         kind = data["kind"]
         if kind in STORED:
             key = (kind, data["symbol"], data["venue"])
             order = (data["event_ns"], data.get("seq", 0))
-            held = newest.get(key)
-            if held is None or order > held[0]:
-                newest[key] = (order, data)
+            current = held.get(key)
+            if current is None or order > current[0]:
+                held[key] = (order, data)
         elif kind in PUBLISHED:
             trades.append(data)
-    events = [from_dict(d) for _, d in newest.values()] + [from_dict(d) for d in trades]
-    return [events] if events else []
+    if not held and not trades:
+        return []
+    return [([wire_write(d) for _, d in held.values()], [wire_publish(d) for d in trades])]
 
 
 def build(settings: Settings) -> Dataflow:

@@ -24,15 +24,17 @@ from schemas.marketdata import Event, Quote, Security, Status, Trade, TradeBreak
 
 # Versions (zero-padded event times) are compared as decimal strings: Lua numbers are
 # doubles and would lose nanoseconds. Strings of digits order like the numbers.
+# ARGV: key prefix, channel prefix, then (symbol, field, version, payload) per write.
 _WRITE_IF_NEWER = """
-local written = 0
-for i = 1, #ARGV, 6 do
-  local key, field, version = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local kp, cp, written = ARGV[1], ARGV[2], 0
+for i = 3, #ARGV, 4 do
+  local sym, field, version = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local key = kp .. sym
   local cur = redis.call('HGET', key, field .. ':ns')
   if not cur or #cur < #version or (#cur == #version and cur < version) then
     redis.call('HSET', key, field, ARGV[i + 3], field .. ':ns', version)
-    redis.call('SADD', KEYS[1], ARGV[i + 5])
-    redis.call('PUBLISH', ARGV[i + 4], ARGV[i + 3])
+    redis.call('SADD', KEYS[1], sym)
+    redis.call('PUBLISH', cp .. sym, ARGV[i + 3])
     written = written + 1
   end
 end
@@ -53,17 +55,37 @@ def _payload(code: str, fields: tuple[str, ...]) -> Callable[[Any], bytes]:
     return encode
 
 
+def _wire_payload(code: str, fields: tuple[str, ...]) -> Callable[[dict[str, Any]], bytes]:
+    """The same payload from an event's decoded wire object (schemas.marketdata.to_wire),
+    byte for byte: there prices are already the strings str(Decimal) gives, and arrays
+    are lists."""
+
+    def encode(data: dict[str, Any]) -> bytes:
+        return orjson.dumps({"T": code, **{f: data[f] for f in fields}})
+
+    return encode
+
+
 _TIMES = ("event_ns", "receive_ns")
-quote_payload = _payload(
-    "q", ("symbol", "venue", "bid_price", "bid_size", "ask_price", "ask_size", *_TIMES)
-)
-status_payload = _payload("s", ("symbol", "venue", "state", "reason", *_TIMES))
-trade_payload = _payload(
-    "t", ("symbol", "venue", "trade_id", "price", "size", "conditions", *_TIMES)
-)
-# A trade break (cancel) of an earlier trade of the same venue and trade id.
-break_payload = _payload("x", ("symbol", "venue", "trade_id", "price", "size", *_TIMES))
-security_payload = _payload("d", ("symbol", "venue", "round_lot", "test", "event_ns"))
+_FIELDS = {
+    "quote": ("q", ("symbol", "venue", "bid_price", "bid_size", "ask_price", "ask_size", *_TIMES)),
+    "status": ("s", ("symbol", "venue", "state", "reason", *_TIMES)),
+    "trade": ("t", ("symbol", "venue", "trade_id", "price", "size", "conditions", *_TIMES)),
+    # A trade break (cancel) of an earlier trade of the same venue and trade id.
+    "break": ("x", ("symbol", "venue", "trade_id", "price", "size", *_TIMES)),
+    "security": ("d", ("symbol", "venue", "round_lot", "test", "event_ns")),
+}
+quote_payload = _payload(*_FIELDS["quote"])
+status_payload = _payload(*_FIELDS["status"])
+trade_payload = _payload(*_FIELDS["trade"])
+break_payload = _payload(*_FIELDS["break"])
+security_payload = _payload(*_FIELDS["security"])
+_WIRE_PAYLOADS = {kind: _wire_payload(*spec) for kind, spec in _FIELDS.items()}
+
+# One stored write: (kind, symbol, venue, version, payload); kind is quote, status or
+# security. One publish-only event (trade, break): (channel, payload).
+Write = tuple[str, str, str, str, bytes]
+Publish = tuple[str, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,16 +111,49 @@ def latest_per_key(events: Iterable[Event]) -> list[Quote | Status | Security]:
     return list(best.values())
 
 
-# Redis key prefix, pub/sub channel prefix and payload of each stored kind.
+# Redis key prefix and pub/sub channel prefix of each stored kind.
 _LAYOUT = {
-    "quote": ("quote", "quotes", quote_payload),
-    "status": ("status", "status", status_payload),
-    "security": ("security", "securities", security_payload),
+    "quote": ("quote:", "quotes:"),
+    "status": ("status:", "status:"),
+    "security": ("security:", "securities:"),
+}
+_EVENT_PAYLOADS = {
+    "quote": quote_payload,
+    "status": status_payload,
+    "security": security_payload,
+    "trade": trade_payload,
+    "break": break_payload,
 }
 
 
 def _order(ev: Quote | Status | Security) -> str:
     return ev.version if isinstance(ev, Quote) else f"{ev.event_ns:020d}"
+
+
+def write_of(ev: Quote | Status | Security) -> Write:
+    return (ev.kind, ev.symbol, ev.venue, _order(ev), _EVENT_PAYLOADS[ev.kind](ev))
+
+
+def publish_of(ev: Trade | TradeBreak) -> Publish:
+    return (f"trades:{ev.symbol}", _EVENT_PAYLOADS[ev.kind](ev))
+
+
+def wire_version(data: dict[str, Any]) -> str:
+    """The version of a decoded quote/status/security wire object, as _order gives it."""
+    if data["kind"] == "quote":
+        return f"{data['event_ns']:020d}{data.get('seq', 0):022d}"
+    return f"{data['event_ns']:020d}"
+
+
+def wire_write(data: dict[str, Any]) -> Write:
+    """write_of(from_dict(data)) without building the event (same bytes)."""
+    kind = data["kind"]
+    return (kind, data["symbol"], data["venue"], wire_version(data), _WIRE_PAYLOADS[kind](data))
+
+
+def wire_publish(data: dict[str, Any]) -> Publish:
+    """publish_of(from_dict(data)) without building the event (same bytes)."""
+    return (f"trades:{data['symbol']}", _WIRE_PAYLOADS[data["kind"]](data))
 
 
 class QuoteStore:
@@ -109,31 +164,33 @@ class QuoteStore:
     def apply(self, events: Iterable[Event]) -> int:
         """Write a batch (trades and breaks: publish each); how many writes moved forward."""
         events = list(events)
+        return self.write(
+            [write_of(ev) for ev in latest_per_key(events)],
+            [publish_of(ev) for ev in events if isinstance(ev, Trade | TradeBreak)],
+        )
+
+    def write(self, writes: Iterable[Write], publishes: Iterable[Publish] = ()) -> int:
+        """Each write only if newer than what its (kind, symbol, venue) holds, publishing
+        the accepted ones; then every publish. How many writes moved forward."""
         pipe = self.redis.pipeline(transaction=False)
         # One script call per chunk, not per write: redis-py spends more time packing a
-        # command than Redis spends running it. (Keys are passed as ARGV, so this runs
-        # on a single Redis, not a cluster.)
-        args: list = []
-        for ev in latest_per_key(events):
-            key, channel, payload = _LAYOUT[ev.kind]
-            args += [
-                f"{key}:{ev.symbol}",
-                ev.venue,
-                _order(ev),
-                payload(ev),
-                f"{channel}:{ev.symbol}",
-                ev.symbol,
-            ]
-        for start in range(0, len(args), 6 * WRITES_PER_CALL):
-            self._write(
-                keys=[SYMBOLS_KEY], args=args[start : start + 6 * WRITES_PER_CALL], client=pipe
-            )
+        # command than Redis spends running it. (Keys are built in the script, so this
+        # runs on a single Redis, not a cluster.)
+        by_kind: dict[str, list[str | bytes]] = {}
+        for kind, symbol, venue, version, payload in writes:
+            args = by_kind.get(kind)
+            if args is None:
+                args = by_kind[kind] = list(_LAYOUT[kind])
+            args += (symbol, venue, version, payload)
+        for args in by_kind.values():
+            for start in range(2, len(args), 4 * WRITES_PER_CALL):
+                chunk = args[:2] + args[start : start + 4 * WRITES_PER_CALL]
+                self._write(keys=[SYMBOLS_KEY], args=chunk, client=pipe)
         n_scripts = len(pipe)
-        for ev in events:
-            if isinstance(ev, Trade):
-                pipe.publish(f"trades:{ev.symbol}", trade_payload(ev))
-            elif isinstance(ev, TradeBreak):
-                pipe.publish(f"trades:{ev.symbol}", break_payload(ev))
+        for channel, payload in publishes:
+            pipe.publish(channel, payload)
+        if not len(pipe):
+            return 0
         return sum(pipe.execute()[:n_scripts])
 
     def known(self, symbols: list[str]) -> list[bool]:
