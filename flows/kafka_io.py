@@ -7,14 +7,16 @@ runs a few consumers rather than one per topic-partition, and yields plain
 (topic, key, value) tuples. Its resume state is the next offset of each
 topic-partition, kept in Bytewax recovery snapshots.
 
-BatchKafkaSink: items are lists of messages; it produces without waiting and
-flushes only when Bytewax snapshots the epoch, so every message is acknowledged
+BatchKafkaSink: items are lists of messages; it produces without waiting, through one
+producer per process whatever the number of parts, and flushes only when Bytewax
+snapshots the epoch, so every message is acknowledged
 by Kafka before the source offsets that produced it are committed to recovery,
 without an acks=all round trip in the hot path.
 """
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from zlib import crc32
 
@@ -113,9 +115,27 @@ class RawKafkaSource(FixedPartitionedSource[RawMessage, dict[str, int]]):
         return _SourcePart(self.config, {tp: state.get(tp, OFFSET_BEGINNING) for tp in mine})
 
 
+_PRODUCERS: dict[tuple[tuple[str, str], ...], Producer] = {}
+_PRODUCERS_LOCK = threading.Lock()
+
+
+def shared_producer(config: dict[str, str]) -> Producer:
+    """One producer per configuration and process, whichever sink parts it serves.
+
+    A producer per part multiplied the produce requests (each part lingered and sent its
+    own small batches), and produce requests were most of the broker's CPU.
+    """
+    key = tuple(sorted(config.items()))
+    with _PRODUCERS_LOCK:
+        producer = _PRODUCERS.get(key)
+        if producer is None:
+            producer = _PRODUCERS[key] = Producer(config)
+        return producer
+
+
 class _SinkPart(StatefulSinkPartition[list[OutMessage], None]):
     def __init__(self, config: dict[str, str]) -> None:
-        self.producer = Producer(config)
+        self.producer = shared_producer(config)
 
     def write_batch(self, values: list[list[OutMessage]]) -> None:
         produce, poll = self.producer.produce, self.producer.poll
@@ -131,6 +151,7 @@ class _SinkPart(StatefulSinkPartition[list[OutMessage], None]):
 
     def snapshot(self) -> None:
         # Called as the epoch closes: nothing may count as done before Kafka has it.
+        # (The producer is shared, so this also flushes other parts' messages: harmless.)
         self.producer.flush()
 
     def close(self) -> None:
