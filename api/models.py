@@ -30,7 +30,7 @@ def _exact_decimal(value: Any) -> Decimal:
     are parsed with api.body.parse (json.loads with parse_float=Decimal), so a JSON number
     never passes through a float; a float reaching here is refused."""
     if isinstance(value, bool | float):
-        raise ValueError("give a decimal number or a string such as \"10.25\"")
+        raise ValueError('give a decimal number or a string such as "10.25"')
     if isinstance(value, Decimal):
         d = value
     elif isinstance(value, int):
@@ -41,7 +41,7 @@ def _exact_decimal(value: Any) -> Decimal:
         except InvalidOperation:
             raise ValueError(f"{value!r} is not a decimal number") from None
     else:
-        raise ValueError("give a decimal number or a string such as \"10.25\"")
+        raise ValueError('give a decimal number or a string such as "10.25"')
     if not d.is_finite():
         raise ValueError("must be a finite number")
     return d
@@ -130,7 +130,7 @@ class AccountOut(BaseModel):
 class DepositIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount: ExactDecimal = Field(description="Dollars and cents, positive, e.g. \"10000\"")
+    amount: ExactDecimal = Field(description='Dollars and cents, positive, e.g. "10000"')
     note: Annotated[str, StringConstraints(max_length=200)] = ""
 
 

@@ -424,4 +424,3 @@ def replace_order(
 
     with _rules():
         return _json(render(orders.ledger.request_replace(orders.account_id, order_id, build)))
-
