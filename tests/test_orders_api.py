@@ -255,6 +255,7 @@ def test_market_view_from_redis(env):
 def test_place_answers_the_committed_order(alice, services):
     resp = alice.post("/v1/orders", json=limit_buy(client_order_id="first"))
     assert resp.status_code == 200, resp.text
+    assert resp.headers["X-RateLimit-Limit"] == "1000000", "rate-limit headers as elsewhere"
     order = resp.json()
     assert set(order) == ORDER_FIELDS
     assert order["status"] == "pending_new"

@@ -72,13 +72,27 @@ class AccountOrders:
 
     ledger: Ledger
     account_id: UUID
+    # The request's response headers so far (X-RateLimit-*, set by api.auth): FastAPI
+    # adds them only to answers it renders itself, and these routes send their own bytes.
+    headers: Response
 
     def get(self, order_id: UUID) -> Order:
         return self.ledger.get(self.account_id, order_id)
 
+    def answer(
+        self, content: bytes, status: int = 200, headers: dict[str, str] | None = None
+    ) -> Response:
+        out = Response(content, status_code=status, media_type=JSON, headers=headers)
+        for name, value in self.headers.headers.items():
+            if name.lower() not in ("content-length", "content-type"):
+                out.headers[name] = value
+        return out
 
-def _account_orders(principal: CurrentPrincipal, ledger: LedgerDep) -> AccountOrders:
-    return AccountOrders(ledger, principal.account_id)
+
+def _account_orders(
+    principal: CurrentPrincipal, ledger: LedgerDep, response: Response
+) -> AccountOrders:
+    return AccountOrders(ledger, principal.account_id, response)
 
 
 Orders = Annotated[AccountOrders, Depends(_account_orders)]
@@ -126,10 +140,6 @@ def order_out(o: Order) -> OrderOut:
 
 def render(o: Order) -> bytes:
     return order_out(o).model_dump_json().encode()
-
-
-def _json(content: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(content, status_code=status, media_type=JSON, headers=headers)
 
 
 # -------------------------------------------------------------------------- placing
@@ -196,7 +206,7 @@ def place_order(
         with _rules():
             stored = orders.ledger.replay(orders.account_id, *idempotency)
         if stored is not None:
-            return _json(stored.body, stored.status_code)
+            return orders.answer(stored.body, stored.status_code)
     view = symbol_view(quotes.redis, body.symbol, clock())
     if not view.known:
         raise invalid("unknown_symbol", f"no market data for symbol '{body.symbol}'")
@@ -218,8 +228,8 @@ def place_order(
             render=render_once,
         )
     if isinstance(result, Replay):  # a concurrent request with the same key came first
-        return _json(result.body, result.status_code)
-    return _json(rendered[-1] if rendered else render(result))
+        return orders.answer(result.body, result.status_code)
+    return orders.answer(rendered[-1] if rendered else render(result))
 
 
 # -------------------------------------------------------------------------- reading
@@ -298,7 +308,7 @@ def list_orders(
     )
     page = rows[:limit]
     headers = {"X-Next-Cursor": _cursor_of(page[-1])} if len(rows) > limit else None
-    return _json(_ORDERS.dump_json([order_out(o) for o in page]), headers=headers)
+    return orders.answer(_ORDERS.dump_json([order_out(o) for o in page]), headers=headers)
 
 
 @router.get(
@@ -308,13 +318,15 @@ def get_by_client_order_id(
     orders: Orders, client_order_id: Annotated[str, Query(min_length=1, max_length=128)]
 ) -> Response:
     with _rules():
-        return _json(render(orders.ledger.by_client_order_id(orders.account_id, client_order_id)))
+        return orders.answer(
+            render(orders.ledger.by_client_order_id(orders.account_id, client_order_id))
+        )
 
 
 @router.get("/{order_id}", response_model=OrderOut, summary="One order")
 def get_order(orders: Orders, order_id: OrderId) -> Response:
     with _rules():
-        return _json(render(orders.get(order_id)))
+        return orders.answer(render(orders.get(order_id)))
 
 
 # ------------------------------------------------------------------ cancel, replace
@@ -330,7 +342,7 @@ def cancel_order(orders: Orders, order_id: OrderId) -> Response:
     is released) when the execution side confirms. 422 `order_not_cancelable` for an order
     that is terminal or already pending a cancel or replace."""
     with _rules():
-        return _json(render(orders.ledger.request_cancel(orders.account_id, order_id)))
+        return orders.answer(render(orders.ledger.request_cancel(orders.account_id, order_id)))
 
 
 @router.delete(
@@ -355,7 +367,7 @@ def cancel_all(orders: Orders) -> Response:
             )
         else:
             results.append(CancelResultOut(id=order_id, status=200, body=order_out(outcome)))
-    return _json(_RESULTS.dump_json(results), 207)
+    return orders.answer(_RESULTS.dump_json(results), 207)
 
 
 def _replacement(old: Order, change: ReplaceIn) -> OrderRequest:
@@ -423,4 +435,6 @@ def replace_order(
         return request, place(request, market), change.client_order_id
 
     with _rules():
-        return _json(render(orders.ledger.request_replace(orders.account_id, order_id, build)))
+        return orders.answer(
+            render(orders.ledger.request_replace(orders.account_id, order_id, build))
+        )
