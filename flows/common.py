@@ -20,12 +20,19 @@ def deadletter_out(bad: Malformed, topic: str) -> OutMessage:
 
 
 def raw_source(
-    settings: Settings, topics: list[str], *, max_wait_ms: int = 100, min_bytes: int = 1
+    settings: Settings,
+    topics: list[str],
+    *,
+    max_wait_ms: int = 100,
+    min_bytes: int = 1,
+    config: dict[str, str] | None = None,
 ) -> RawKafkaSource:
     """(topic, key, value) tuples; offsets live in Bytewax recovery snapshots.
 
     With fetch.min.bytes 1 the broker answers as soon as data arrives, so a long
     max wait costs no latency; it only stops idle consumers from polling it hot.
+    `config` adds or overrides consumer settings (e.g. isolation.level for topics
+    written in Kafka transactions).
     """
     return RawKafkaSource(
         settings.bootstrap,
@@ -34,6 +41,7 @@ def raw_source(
             "fetch.wait.max.ms": str(max_wait_ms),
             "fetch.min.bytes": str(min_bytes),
             "group.id": "tapeflow",
+            **(config or {}),
         },
     )
 

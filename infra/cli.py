@@ -80,12 +80,13 @@ def run(
     api: Annotated[bool, typer.Option(help="Serve the HTTP API in this process")] = True,
     flows: Annotated[
         str, typer.Option(help="Comma-separated flows to host")
-    ] = "normalize,quotes,candles",
+    ] = "normalize,quotes,candles,execution,ledger",
     workers: Annotated[
         int | None, typer.Option(min=1, help="Bytewax workers per flow [TAPEFLOW_FLOW_WORKERS]")
     ] = None,
     split: Annotated[
-        bool, typer.Option(help="Run normalize and quotes as child processes (uses more cores)")
+        bool,
+        typer.Option(help="Run every flow but candles as a child process (uses more cores)"),
     ] = False,
 ) -> None:
     """Host the API and the flows in one process (what embedded chDB needs)."""

@@ -30,7 +30,8 @@ from flows.common import SNAPSHOT_INTERVAL_S, recovery
 from infra.settings import Settings
 from infra.topics import ensure_topics
 
-FLOWS = ("normalize", "quotes", "candles")
+# execution and ledger: the order side (oms.orders -> oms.executions -> PostgreSQL).
+FLOWS = ("normalize", "quotes", "candles", "execution", "ledger")
 log = logging.getLogger("tapeflow.run")
 
 

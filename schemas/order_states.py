@@ -70,6 +70,10 @@ _PENDING_REQUEST = (S.PENDING_CANCEL, S.PENDING_REPLACE)
 TABLE: dict[tuple[OrderStatus, OrderEvent], OrderStatus | str] = {
     (S.ACCEPTED, E.ACKNOWLEDGE): S.NEW,
     (S.PENDING_NEW, E.ACKNOWLEDGE): S.NEW,
+    # The execution side took the order before it saw a cancel or replace requested in
+    # the meantime (a held order reaching the open, or a cancel right after placing):
+    # the request is still in flight, so the status stays pending until it is answered.
+    **{(s, E.ACKNOWLEDGE): s for s in _PENDING_REQUEST},
     # Fills: a working order, or one whose cancel/replace request is still in flight
     # (the request may lose the race; the status stays pending until it is answered).
     **{(s, E.PARTIAL_FILL): S.PARTIALLY_FILLED for s in _WORKING},

@@ -174,8 +174,11 @@ def test_replace_requests() -> None:
 
 
 def test_acknowledge_expire_reject() -> None:
-    assert _from(E.ACKNOWLEDGE) == {S.ACCEPTED, S.PENDING_NEW}
-    assert {transition(s, E.ACKNOWLEDGE) for s in _from(E.ACKNOWLEDGE)} == {S.NEW}
+    assert _from(E.ACKNOWLEDGE) == {S.ACCEPTED, S.PENDING_NEW, S.PENDING_CANCEL, S.PENDING_REPLACE}
+    assert {transition(s, E.ACKNOWLEDGE) for s in (S.ACCEPTED, S.PENDING_NEW)} == {S.NEW}
+    # an acknowledgement that overtakes a cancel or replace request leaves it pending
+    for s in (S.PENDING_CANCEL, S.PENDING_REPLACE):
+        assert transition(s, E.ACKNOWLEDGE) == s
     assert _from(E.EXPIRE) == set(OPEN)
     assert {transition(s, E.EXPIRE) for s in OPEN} == {S.EXPIRED}
     assert _from(E.REJECT) == {S.ACCEPTED, S.PENDING_NEW}

@@ -1,0 +1,106 @@
+"""ledger: the execution side's answers applied to the ledger of record (PostgreSQL).
+
+    oms.executions ─ decode ─► apply (Ledger.apply per event, in order)
+
+Ledger.apply records each event id once, in the transaction that applies it, so at-least-
+once delivery is enough: after a crash the flow resumes from the offsets of its last
+recovery snapshot, and the events it applies again change nothing. Answers are keyed by
+account, so one account's events arrive in order on one partition and one worker.
+
+Now: acknowledged, rejected, canceled, cancel_rejected, replaced, replace_rejected and
+expired. Issue 5 adds `fill` (executions, positions, lots, cash); until then Ledger.apply
+records a fill as an anomaly (ledger_anomalies) and changes nothing else.
+
+Run: python -m bytewax.run flows.ledger:flow -r .tapeflow/recovery/ledger -s 2
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import bytewax.operators as op
+import psycopg
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from flows.common import raw_source
+from flows.kafka_io import RawMessage
+from infra.settings import Settings, get_settings
+from infra.topics import Topics, topics_of
+from schemas.oms import decode
+
+log = logging.getLogger("tapeflow.ledger")
+
+Event = dict[str, Any]
+REQUIRED = ("event_id", "kind", "at", "order_id")
+# Errors that say the event itself can never apply (no such order, malformed fields), as
+# opposed to the database being unreachable, which must stop the flow so it retries.
+UNAPPLIABLE = (
+    psycopg.errors.IntegrityError,
+    psycopg.errors.DataError,
+    KeyError,
+    TypeError,
+    ValueError,
+)
+
+
+def decode_batch(msgs: list[RawMessage]) -> list[list[Event]]:
+    """One item per Kafka batch: its readable events, in order."""
+    events = []
+    for _, _, value in msgs:
+        try:
+            event = decode(value)
+            missing = [k for k in REQUIRED if k not in event]
+        except Exception as exc:
+            log.error("unreadable oms.executions message %r: %s", value[:200], exc)
+            continue
+        if missing:
+            log.error("oms.executions message without %s: %r", ", ".join(missing), value[:200])
+            continue
+        events.append(event)
+    return [events] if events else []
+
+
+class _LedgerPartition(StatelessSinkPartition[list[Event]]):
+    def __init__(self, settings: Settings, topics: Topics) -> None:
+        from infra import db
+        from infra.ledger import Ledger
+
+        self.ledger = Ledger(db.pool(settings.postgres), topics)
+
+    def write_batch(self, items: list[list[Event]]) -> None:
+        for events in items:
+            for event in events:
+                self.apply(event)
+
+    def apply(self, event: Event) -> None:
+        try:
+            result = self.ledger.apply(event)
+        except UNAPPLIABLE as exc:
+            log.error("execution event %s cannot apply: %s", event.get("event_id"), exc)
+            return
+        if result.outcome == "anomaly":
+            log.warning("execution event %s is an anomaly: %s", result.event_id, result.reason)
+
+
+class LedgerSink(DynamicSink[list[Event]]):
+    """Applies on the worker that read the events, so each partition's order is kept."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _LedgerPartition:
+        return _LedgerPartition(self.settings, topics_of(self.settings))
+
+
+def build(settings: Settings) -> Dataflow:
+    t = topics_of(settings)
+    flow = Dataflow("ledger")
+    msgs = op.input("executions", flow, raw_source(settings, [t.executions]))
+    events = op.flat_map_batch("decode", msgs, decode_batch)
+    op.output("apply", events, LedgerSink(settings))
+    return flow
+
+
+flow = build(get_settings())
