@@ -685,8 +685,9 @@ def test_deposits_for_operators_or_when_allowed(client, services, app):
     )
     assert resp.status_code == 200, resp.text
     assert (resp.json()["cash"], resp.json()["id"]) == ("1234.5600", str(op_account.id))
-    bad = client.post("/v1/account/deposits", json={"amount": "0.001"}, headers=operator)
-    assert_error(bad, 422, "invalid_amount")
+    for amount in ("0.001", "0", "-5", "1e30"):
+        bad = client.post("/v1/account/deposits", json={"amount": amount}, headers=operator)
+        assert_error(bad, 422, "invalid_amount")
     settings = app.state.settings
     app.state.settings = settings.model_copy(update={"allow_deposits": True})
     try:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -8,13 +9,14 @@ from psycopg_pool import ConnectionPool
 from api import body as bodies
 from api.auth import CurrentPrincipal, Principal
 from api.deps import DbDep, LedgerDep, QuotesDep, SettingsDep
-from api.errors import ERROR_RESPONSES, ApiError, ErrorBody, not_found
+from api.errors import ERROR_RESPONSES, ApiError, ErrorBody, invalid, not_found
 from api.models import AccountOut, DepositIn
 from infra import accounts, portfolio
 from infra.ledger import Ledger, LedgerError
 from infra.market_view import mids
 from infra.quote_store import QuoteStore
 
+MAX_DEPOSIT = Decimal(1_000_000_000)
 router = APIRouter(prefix="/v1/account", tags=["account"], responses=ERROR_RESPONSES)
 
 
@@ -74,6 +76,8 @@ def deposit(
     if not (principal.is_operator or settings.allow_deposits):
         raise ApiError(403, "deposits_not_allowed", "deposits are for operators on this server")
     body = bodies.parse(raw, DepositIn)
+    if not 0 < body.amount <= MAX_DEPOSIT:
+        raise invalid("invalid_amount", f"a deposit is more than 0 and at most {MAX_DEPOSIT}")
     try:
         ledger.deposit(principal.account_id, body.amount, body.note)
     except LedgerError as exc:
