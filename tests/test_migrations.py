@@ -19,7 +19,7 @@ from infra.settings import Settings
 pytestmark = pytest.mark.services
 ROOT = Path(__file__).resolve().parent.parent
 
-TABLES = {
+TABLES_0001 = {
     "users": {"id", "email", "name", "is_operator", "created_at"},
     "accounts": {"id", "user_id", "account_number", "status", "currency", "created_at"},
     "api_keys": {
@@ -35,6 +35,25 @@ TABLES = {
     "watchlists": {"id", "account_id", "name", "created_at", "updated_at"},
     "watchlist_symbols": {"watchlist_id", "position", "symbol"},
 }
+# 0002 adds the ledger: money columns on accounts and its own tables.
+LEDGER_TABLES = {
+    "cash_transfers",
+    "orders",
+    "executions",
+    "positions",
+    "tax_lots",
+    "lot_closures",
+    "outbox",
+    "outbox_progress",
+    "idempotency_keys",
+    "applied_events",
+    "ledger_anomalies",
+}
+HEAD = "0002"
+
+
+def head_tables() -> set[str]:
+    return set(TABLES_0001) | LEDGER_TABLES
 
 
 @pytest.fixture
@@ -64,9 +83,14 @@ def test_upgrade_downgrade_upgrade(empty_db: Settings):
     assert columns(empty_db) == {}
     assert current_revision(empty_db) is None
     migrate(empty_db)
-    assert columns(empty_db) == TABLES
-    assert current_revision(empty_db) == "0001"
+    assert set(columns(empty_db)) == head_tables()
+    assert {"cash", "reserved_cash", "buying_power"} <= columns(empty_db)["accounts"]
+    assert current_revision(empty_db) == HEAD
     migrate(empty_db)  # idempotent
+    assert current_revision(empty_db) == HEAD
+
+    downgrade(empty_db, "0001")  # the ledger comes off cleanly, accounts as they were
+    assert columns(empty_db) == TABLES_0001
     assert current_revision(empty_db) == "0001"
 
     downgrade(empty_db, "base")
@@ -74,8 +98,8 @@ def test_upgrade_downgrade_upgrade(empty_db: Settings):
     assert current_revision(empty_db) is None
 
     migrate(empty_db)
-    assert columns(empty_db) == TABLES
-    assert current_revision(empty_db) == "0001"
+    assert set(columns(empty_db)) == head_tables()
+    assert current_revision(empty_db) == HEAD
 
 
 def test_concurrent_upgrades_serialize(empty_db: Settings):
@@ -90,12 +114,12 @@ def test_concurrent_upgrades_serialize(empty_db: Settings):
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err.decode()
-    assert columns(empty_db) == TABLES
-    assert current_revision(empty_db) == "0001"
+    assert set(columns(empty_db)) == head_tables()
+    assert current_revision(empty_db) == HEAD
 
 
 def test_the_schema_enforces_its_rules(empty_db: Settings):
-    migrate(empty_db)
+    migrate(empty_db, "0001")
     with psycopg.connect(empty_db.postgres, autocommit=True) as conn:
         user_id = conn.execute(
             "INSERT INTO users (email, name) VALUES ('a@b.c', 'A') RETURNING id"
@@ -147,5 +171,46 @@ def test_the_schema_enforces_its_rules(empty_db: Settings):
                 (wid,),
             )
         conn.execute("DELETE FROM users")
-        for table in TABLES:
+        for table in TABLES_0001:
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
+
+
+def test_the_ledger_schema_refuses_impossible_money(empty_db: Settings):
+    """The CHECK constraints behind DESIGN.md's invariants, independent of the code."""
+    migrate(empty_db)
+    with psycopg.connect(empty_db.postgres, autocommit=True) as conn:
+        user_id = conn.execute(
+            "INSERT INTO users (email, name) VALUES ('a@b.c', 'A') RETURNING id"
+        ).fetchone()[0]
+        account = conn.execute(
+            "INSERT INTO accounts (user_id, account_number, cash) VALUES (%s, '1', 100) "
+            "RETURNING id, buying_power",
+            (user_id,),
+        ).fetchone()
+        account_id = account[0]
+        assert account[1] == 100
+        conn.execute(
+            "INSERT INTO positions (account_id, symbol, qty) VALUES (%s, 'AAPL', 5)",
+            (account_id,),
+        )
+        order = (
+            "INSERT INTO orders (account_id, client_order_id, symbol, side, type, "
+            "time_in_force, qty, notional, filled_qty, status, reserved_cash) "
+            "VALUES (%s, %s, 'AAPL', 'buy', 'limit', 'day', %s, %s, %s, %s, %s)"
+        )
+        refused = [
+            ("UPDATE accounts SET cash = -1", ()),
+            ("UPDATE accounts SET reserved_cash = 101", ()),  # more reserved than held
+            ("UPDATE positions SET qty = -1", ()),
+            ("UPDATE positions SET reserved_qty = 6", ()),  # more shares reserved than held
+            (order, (account_id, "a", 1, 10, 0, "new", 0)),  # qty and notional
+            (order, (account_id, "b", 1, None, 2, "filled", 0)),  # filled beyond qty
+            (order, (account_id, "c", 1, None, 0, "canceled", 5)),  # closed yet reserving
+            (order, (account_id, "d", 1, None, 0, "lost", 0)),  # not a status
+        ]
+        for statement, params in refused:
+            with pytest.raises(errors.CheckViolation):
+                conn.execute(statement, params)
+        conn.execute(order, (account_id, "ok", 1, None, 0, "new", 5))
+        with pytest.raises(errors.UniqueViolation):  # client_order_id unique per account
+            conn.execute(order, (account_id, "ok", 1, None, 0, "new", 5))
