@@ -1,0 +1,3 @@
+module tapeflow/bench/orderload
+
+go 1.26
