@@ -290,7 +290,7 @@ def test_orders_cancels_and_replaces_round_trip_exactly_once(pipeline: Pipeline)
 def test_held_orders_are_acknowledged_when_the_feed_enters_the_regular_session(
     pipeline: Pipeline,
 ):
-    pipeline.start()
+    pipeline.start(split=True)  # the execution and ledger flows in processes of their own
     loop = Loop(pipeline)
     held = loop.place("10", "100.00", now=PRE_MARKET)
     gone = loop.place("1", "100.00", now=PRE_MARKET)
