@@ -57,6 +57,7 @@ BATCH = 2000  # rows per Kafka transaction at most
 POLL_S = 0.2  # look for rows at least this often even without a NOTIFY
 LOCK_RETRY_S = 0.2  # a waiting relay tries the advisory lock this often
 LIVENESS_S = 1.0  # check the lock connection at least this often under load
+REPORT_S = 60.0  # log what was relayed at most this often
 TXN_TIMEOUT_MS = 10_000  # an open transaction of a dead relay blocks read_committed readers
 KAFKA_TIMEOUT_S = 30.0
 HEADER = "outbox-id"
@@ -215,6 +216,7 @@ class OutboxRelay:
         stop: threading.Event,
     ) -> None:
         checked = time.monotonic()
+        reported, sent_then = checked, self.stats.sent
         while not stop.is_set():
             rows = [
                 (i, k, bytes(p))
@@ -229,6 +231,16 @@ class OutboxRelay:
                 self.stats.last_batch_ms = (time.perf_counter() - t0) * 1000
                 log.debug("%s: %d rows in %.1f ms", self.name, len(rows), self.stats.last_batch_ms)
             now = time.monotonic()
+            if now - reported > REPORT_S and self.stats.sent != sent_then:
+                log.info(
+                    "%s: %d rows relayed in the last %.0f s (%d in total, %d transactions)",
+                    self.name,
+                    self.stats.sent - sent_then,
+                    now - reported,
+                    self.stats.sent,
+                    self.stats.batches,
+                )
+                reported, sent_then = now, self.stats.sent
             if now - checked > LIVENESS_S:
                 listen.execute("SELECT 1")  # raises if the lock's session is gone
                 checked = now
