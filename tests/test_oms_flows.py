@@ -8,6 +8,7 @@ rows to oms.orders by hand, exactly as schemas/oms.py specifies.
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import uuid
 from collections.abc import Callable
@@ -16,13 +17,15 @@ from decimal import Decimal as D
 from uuid import UUID
 
 import orjson
+import psycopg
 import pytest
 from confluent_kafka import Producer
 
 from flows.execution import CLOCK, ORDER, key_by_symbol, run_desk
-from flows.ledger import decode_batch
-from infra import accounts, db
-from infra.ledger import Ledger
+from flows.ledger import _LedgerPartition, decode_batch
+from infra import accounts, cli, db
+from infra.ledger import Applied, Ledger
+from infra.runner import FLOWS
 from schemas.execution import SymbolDesk
 from schemas.marketdata import Quote, to_wire
 from schemas.oms import encode
@@ -87,6 +90,44 @@ def test_decode_batch_drops_what_it_cannot_read():
     ]
     assert decode_batch(msgs) == [[good]]
     assert decode_batch(msgs[:2]) == []
+
+
+class _FakeLedger:
+    def __init__(self, outcome: Exception | Applied) -> None:
+        self.outcome, self.seen = outcome, []
+
+    def apply(self, event: dict) -> Applied:
+        self.seen.append(event["event_id"])
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+def _partition(ledger: _FakeLedger) -> _LedgerPartition:
+    part = _LedgerPartition.__new__(_LedgerPartition)
+    part.ledger = ledger  # type: ignore[assignment]
+    return part
+
+
+def test_the_ledger_sink_applies_in_order_and_skips_what_can_never_apply(caplog):
+    events = [{"event_id": f"e{i}"} for i in range(3)]
+    fake = _FakeLedger(Applied("e", "anomaly", "illegal"))
+    _partition(fake).write_batch([events[:2], events[2:]])
+    assert fake.seen == ["e0", "e1", "e2"]
+    assert "anomaly" in caplog.text
+    # an order the ledger does not have: logged, skipped, the flow goes on
+    missing = _FakeLedger(psycopg.errors.ForeignKeyViolation("no such order"))
+    _partition(missing).write_batch([events])
+    assert missing.seen == ["e0", "e1", "e2"]
+    # the database gone: the flow stops (and resumes from its snapshot when restarted)
+    down = _FakeLedger(psycopg.OperationalError("connection refused"))
+    with pytest.raises(psycopg.OperationalError):
+        _partition(down).write_batch([events])
+
+
+def test_tapeflow_run_hosts_the_order_flows_by_default():
+    assert {"execution", "ledger"} <= set(FLOWS)
+    assert inspect.signature(cli.run).parameters["flows"].default == ",".join(FLOWS)
 
 
 # -- the loop on the real services -------------------------------------------------------
