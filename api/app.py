@@ -9,7 +9,7 @@ from api.auth import authorized
 from api.routes import accounts, candles, health, keys, orders, quotes, stream, watchlists
 from infra.candle_store import CandleStore
 from infra.clickhouse import shared_clickhouse
-from infra.market_view import wall_clock
+from infra.market_view import clock_for
 from infra.quote_store import QuoteStore
 from infra.rate_limit import RateLimiter
 from infra.settings import Settings, get_settings
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limiter = RateLimiter(settings.redis)
     # The time order placement sees (sessions, auction cut-offs): wall UTC; tests set a
     # fixed one. A later issue makes it follow the feed's time during replays.
-    app.state.clock = wall_clock
+    app.state.clock = clock_for(settings)
     errors.install(app)
     include_routers(app)
     return app

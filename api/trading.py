@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI
 from api import errors
 from api.auth import authorized
 from api.routes import accounts, health, keys, orders, quotes
-from infra.market_view import wall_clock
+from infra.market_view import clock_for
 from infra.quote_store import QuoteStore
 from infra.rate_limit import RateLimiter
 from infra.settings import Settings, get_settings
@@ -37,7 +37,7 @@ def create_trading_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.quotes = QuoteStore(settings.redis)
     app.state.limiter = RateLimiter(settings.redis)
-    app.state.clock = wall_clock
+    app.state.clock = clock_for(settings)
     errors.install(app)
     app.include_router(health.router)
     for module in PROTECTED_ROUTERS:

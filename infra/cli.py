@@ -88,6 +88,13 @@ def run(
         bool,
         typer.Option(help="Run every flow but candles as a child process (uses more cores)"),
     ] = False,
+    relay: Annotated[
+        bool | None,
+        typer.Option(
+            help="Relay committed orders from the outbox to Kafka oms.orders "
+            "[default: when serving the API]"
+        ),
+    ] = None,
 ) -> None:
     """Host the API and the flows in one process (what embedded chDB needs)."""
     from infra.runner import run as run_all
@@ -99,6 +106,7 @@ def run(
         flows=tuple(f for f in flows.split(",") if f),
         workers=workers or settings.flow_workers,
         split=split,
+        relay=api if relay is None else relay,
     )
 
 

@@ -22,6 +22,7 @@ from decimal import Decimal
 import orjson
 import redis
 
+from infra.settings import Settings
 from schemas.marketdata import NBBO_VENUE
 from schemas.orders import MarketView
 from schemas.sessions import market_session
@@ -33,6 +34,17 @@ SYMBOLS_KEY = "symbols"
 
 def wall_clock() -> datetime:
     return datetime.now(UTC)
+
+
+def clock_for(settings: Settings) -> Callable[[], datetime]:
+    """The wall, or with settings.clock_start a clock that starts there and runs with it."""
+    start = settings.clock_start
+    if start is None:
+        return wall_clock
+    if start.tzinfo is None:
+        raise ValueError("TAPEFLOW_CLOCK_START needs an offset, e.g. 2026-11-24T15:00:00Z")
+    offset = start - datetime.now(UTC)
+    return lambda: datetime.now(UTC) + offset
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,34 @@ def start_flow_processes(names: tuple[str, ...], workers: int) -> None:
         threading.Thread(target=_watch_child, args=(name, proc), daemon=True).start()
 
 
+def _run_relay(settings: Settings) -> None:
+    from infra.outbox import run_relay
+
+    try:
+        run_relay(settings, threading.Event())
+        log.error("outbox relay ended")
+    except BaseException:
+        log.exception("outbox relay failed")
+    finally:
+        os._exit(3)  # acknowledged orders that never reach Kafka: stop rather than hide it
+
+
+def start_relay(settings: Settings, *, as_process: bool) -> None:
+    """The outbox relay (infra/outbox.py): a thread here, or with --split a child process.
+
+    Several `tapeflow run` processes may each start one: an advisory lock in PostgreSQL
+    lets one relay work at a time and the others wait to take over."""
+    if not as_process:
+        threading.Thread(target=_run_relay, args=(settings,), name="relay", daemon=True).start()
+        return
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "relay"],
+        preexec_fn=_die_with_parent,
+        stdin=subprocess.DEVNULL,
+    )
+    threading.Thread(target=_watch_child, args=("relay", proc), daemon=True).start()
+
+
 def run(
     settings: Settings,
     *,
@@ -96,12 +124,15 @@ def run(
     flows: tuple[str, ...] = FLOWS,
     workers: int = 1,
     split: bool = False,
+    relay: bool = True,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     here = tuple(f for f in flows if not split or f == "candles")
     ensure_topics(settings)
     start_flow_processes(tuple(f for f in flows if f not in here), workers)
     start_flows(settings, here, workers)
+    if relay:
+        start_relay(settings, as_process=split)
     if api:
         from api.app import create_app
         from api.stream.app import UVICORN_WS_OPTIONS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,6 +40,10 @@ class Settings(BaseSettings):
     # working here for up to this long (0 checks PostgreSQL on every request).
     auth_cache_s: float = 5.0
     flow_workers: int = 1
+    # The market clock the API places orders by (sessions, auction cut-offs): the wall by
+    # default; set, it starts at this UTC time when the process starts and runs with the
+    # wall from there (demos and tests that replay a recorded day).
+    clock_start: datetime | None = None
     # POST /v1/account/deposits for every user, not only operators (`tapeflow demo` sets it).
     allow_deposits: bool = False
 
