@@ -24,14 +24,18 @@ Determinism, so a replay after a crash repeats itself: an answer's event_id is
 "<kind>:<event_id of the message it answers>" (a held order's acknowledgement answers
 its `new` message) and its `at` is that message's `at` (or the session open), never a
 wall clock. A message delivered twice is answered once and changes nothing the second
-time: the desk remembers the ids of its last
-DEDUP_WINDOW messages and of its last DEDUP_WINDOW closed orders.
+time: the desk remembers the ids of its last DEDUP_WINDOW messages and closed orders.
+What the answers decide depends only on the order messages, which reach one symbol's
+desk in one partition's order; the feed clock only decides *when* a held order is
+acknowledged, never its id.
 
 Extension points for issue 5 (not built here): fills against the venues' quotes
-(`on_quote`, marking `Working.filled_qty`; fill event ids "fill:<message>:<n>" or per
-quote), stop and trailing-stop triggers (`on_trade`), time in force (expiry at the
-close in `_clock_moved`, opg/cls auctions, ioc/fok remainders as unprompted `canceled`),
-and halts. `_on_new` is where a marketable order would first meet the book.
+(`on_quote`, marking `Working.filled_qty`), stop and trailing-stop triggers
+(`on_trade`), time in force (expiry at the close in `_clock_moved`, opg/cls auctions,
+ioc/fok remainders as unprompted `canceled`), and halts. `_on_new` is where a
+marketable order would first meet the book. Fills will depend on how quotes and orders
+interleave, which two topics do not fix: their ids and decisions must stay the same
+when the flow replays from a snapshot (e.g. sequence the desk's inputs deterministically).
 """
 
 from __future__ import annotations
