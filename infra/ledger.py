@@ -29,7 +29,14 @@ from psycopg_pool import ConnectionPool
 
 from infra.topics import Topics
 from schemas.oms import ORDER_COLUMNS, Order, encode, now_ns, order_wire
-from schemas.order_states import OPEN, IllegalTransition, OrderEvent, OrderStatus, transition
+from schemas.order_states import (
+    OPEN,
+    IllegalTransition,
+    OrderEvent,
+    OrderStatus,
+    allowed,
+    transition,
+)
 from schemas.orders import OrderRequest, Placement, Side, full_reservation
 
 OUTBOX_CHANNEL = "tapeflow_outbox"
@@ -412,6 +419,10 @@ class Ledger:
             raise NotCancelable(
                 f"order {order.id} is {order.status} and cannot be canceled"
             ) from None
+        if self._replace_pending(conn, order):
+            raise NotCancelable(
+                f"order {order.id} replaces {order.replaces}; the replace is not confirmed yet"
+            )
         row = conn.execute(
             f"UPDATE orders SET status = %s, updated_at = now(), version = version + 1 "
             f"WHERE id = %s RETURNING {ORDER_COLUMNS}",
@@ -427,6 +438,15 @@ class Ledger:
         assert updated is not None
         return updated
 
+    def _replace_pending(self, conn: psycopg.Connection, order: Order) -> bool:
+        """Whether `order` replaces an order still pending_replace: until the execution
+        side answers, the pair is one request in flight and takes no other (a cancel or
+        replace of the new order would make the confirmation inapplicable)."""
+        if order.replaces is None:
+            return False
+        row = conn.execute("SELECT status FROM orders WHERE id = %s", (order.replaces,)).fetchone()
+        return row is not None and row[0] == OrderStatus.PENDING_REPLACE
+
     def cancel_all(self, account_id: UUID) -> list[tuple[UUID, Order | LedgerError]]:
         """Request a cancel for every open order; one answer per order, in one transaction."""
         out: list[tuple[UUID, Order | LedgerError]] = []
@@ -441,6 +461,8 @@ class Ledger:
                 assert order is not None
                 if order.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
                     continue  # already being changed: nothing new to ask
+                if self._replace_pending(conn, order):
+                    continue  # its replace is the request in flight
                 try:
                     out.append((order.id, self._request_cancel(conn, order)))
                 except NotCancelable as exc:
@@ -467,6 +489,10 @@ class Ledger:
                     raise NotReplaceable(
                         f"order {old.id} is {old.status} and cannot be replaced"
                     ) from None
+                if self._replace_pending(conn, old):
+                    raise NotReplaceable(
+                        f"order {old.id} replaces {old.replaces}; the replace is not confirmed yet"
+                    )
                 request, placement, coid = build(old)
                 credit = (old.reserved_cash, old.reserved_qty)
                 self._reserve(conn, account_id, request.side, request.symbol, placement, credit)
@@ -547,17 +573,33 @@ class Ledger:
             self._release(conn, order)
             self._move(conn, order, OrderEvent.CANCEL, at, "canceled_at")
         elif kind == "expired":
+            if order.status == OrderStatus.PENDING_REPLACE and order.replaced_by is not None:
+                # The replace can no longer take effect: its new order goes too.
+                new = self._lock_any(conn, order.replaced_by)
+                if new.status in OPEN:
+                    self._release(conn, new)
+                    end = OrderEvent.REJECT if allowed(new.status, OrderEvent.REJECT) else None
+                    self._move(
+                        conn,
+                        new,
+                        end or OrderEvent.EXPIRE,
+                        at,
+                        "failed_at" if end else "expired_at",
+                        reason="the order it replaces expired" if end else None,
+                    )
             self._release(conn, order)
             self._move(conn, order, OrderEvent.EXPIRE, at, "expired_at")
         elif kind == "cancel_rejected":
             self._move(conn, order, OrderEvent.CANCEL_REJECT, at, None)
         elif kind == "replaced":
-            new = self._lock_any(conn, UUID(str(event["replaced_by"])))
+            new = self._replacement(conn, order, event)
+            transition(order.status, OrderEvent.REPLACE)  # both legal before any change
+            transition(new.status, OrderEvent.ACKNOWLEDGE)
             self._transfer(conn, order, new)  # first: a replaced order reserves nothing
             self._move(conn, order, OrderEvent.REPLACE, at, "replaced_at")
             self._move(conn, new, OrderEvent.ACKNOWLEDGE, at, "submitted_at")
         elif kind == "replace_rejected":
-            new = self._lock_any(conn, UUID(str(event["replaced_by"])))
+            new = self._replacement(conn, order, event)
             self._move(conn, order, OrderEvent.REPLACE_REJECT, at, None)
             self._release(conn, new)
             self._move(
@@ -565,6 +607,13 @@ class Ledger:
             )
         else:
             raise _Anomaly(f"unknown answer kind {kind!r}")
+
+    def _replacement(self, conn: psycopg.Connection, old: Order, event: dict) -> Order:
+        """The order a replace answer names, locked; it must be the one replacing `old`."""
+        new = self._lock_any(conn, UUID(str(event["replaced_by"])))
+        if new.replaces != old.id or old.replaced_by != new.id:
+            raise _Anomaly(f"order {new.id} does not replace {old.id}")
+        return new
 
     def _lock_any(self, conn: psycopg.Connection, order_id: UUID) -> Order:
         row = conn.execute(

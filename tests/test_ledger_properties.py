@@ -11,6 +11,7 @@ step the model is compared with PostgreSQL and `check_invariants` runs.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -18,7 +19,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -98,7 +99,8 @@ def requests(draw: Any) -> OrderRequest:
     side = draw(st.sampled_from(Side))
     kind = draw(st.sampled_from(OrderType))
     tif = draw(st.sampled_from(sorted(ALLOWED_TIF[kind] - {TimeInForce.OPG, TimeInForce.CLS})))
-    price = st.integers(4_000, 16_000).map(lambda c: _price(c, symbol))
+    cents = (4_000, 16_000) if symbol == "AAA" else (4_000, 9_999)
+    price = st.integers(*cents).map(lambda c: _price(c, symbol))
     notional = None
     qty: Decimal | None = Decimal(draw(st.integers(1, 40)))
     if kind == OrderType.MARKET and tif == TimeInForce.DAY and draw(st.booleans()):
@@ -159,6 +161,7 @@ ANSWERS = (
 class LedgerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        note("example")
         assert ENV is not None
         self.env = ENV
         self.ledger = ENV.ledger
@@ -186,9 +189,13 @@ class LedgerMachine(RuleBasedStateMachine):
             return False
         return need[1] <= self.positions[symbol] - self.reserved_qty(symbol)
 
-    def pick(self, index: int) -> M | None:
+    def pick(self, index: int, among: tuple[OrderStatus, ...] = ()) -> M | None:
+        """An order of the model; one in a status of `among` when there is one."""
         if not self.order_ids:
             return None
+        some = [self.orders[i] for i in self.order_ids if self.orders[i].status in among]
+        if some:
+            return some[index % len(some)]
         return self.orders[self.order_ids[index % len(self.order_ids)]]
 
     def unconfirmed_replacement(self, m: M) -> bool:
@@ -197,10 +204,17 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- rules ----------------------------------------------------------------------
 
-    @initialize(cash=st.integers(0, 5_000_000))
-    def fund(self, cash: int) -> None:
+    @initialize(
+        cash=st.integers(0, 5_000_000),
+        aaa=st.integers(0, 200),
+        bbb=st.integers(0, 20_000),
+    )
+    def fund(self, cash: int, aaa: int, bbb: int) -> None:
         if cash:
             self.deposit(cash)
+        for symbol, qty in (("AAA", aaa), ("BBB", bbb)):
+            if qty:
+                self.add_position(symbol, qty)
 
     @rule(cents=st.integers(1, 2_000_000))
     def deposit(self, cents: int) -> None:
@@ -222,7 +236,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def place(self, req: OrderRequest) -> None:
         try:
             placement = place(req, view(req.symbol, self.now))
-        except OrderRefused:
+        except OrderRefused as exc:
+            note(f"place: refused {exc.code}")
             return  # a 422 before the ledger is involved
         need = (placement.reserve_cash, placement.reserve_qty)
         ok = self.available(req.side, req.symbol, need)
@@ -230,9 +245,11 @@ class LedgerMachine(RuleBasedStateMachine):
             order = self.ledger.place(self.account, req, placement)
         except (InsufficientBuyingPower, InsufficientQty) as exc:
             assert not ok, f"refused {exc} though the model has room for {need}"
+            note(f"place: {exc.code}")
             assert exc.status == 403
             return
         assert ok, f"placed though the model has no room for {need}"
+        note(f"place {req.side}: {placement.status}")
         assert isinstance(order, Order)
         assert order.status == placement.status
         m = M(
@@ -252,9 +269,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.orders[m.id] = m
         self.order_ids.append(m.id)
 
-    @rule(index=st.integers(0, 10_000))
-    def request_cancel(self, index: int) -> None:
-        m = self.pick(index)
+    @rule(index=st.integers(0, 10_000), open_one=st.booleans())
+    def request_cancel(self, index: int, open_one: bool) -> None:
+        m = self.pick(index, tuple(OPEN) if open_one else ())
         if m is None:
             return
         legal = _legal(m.status, E.REQUEST_CANCEL) and not self.unconfirmed_replacement(m)
@@ -262,8 +279,10 @@ class LedgerMachine(RuleBasedStateMachine):
             order = self.ledger.request_cancel(self.account, m.id)
         except NotCancelable:
             assert not legal, f"{m.status} order refused a cancel"
+            note("cancel: refused")
             return
         assert legal, f"{m.status} order accepted a cancel"
+        note("cancel: requested")
         m.status = S.PENDING_CANCEL
         assert order.status == m.status
 
@@ -290,11 +309,14 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(
         index=st.integers(0, 10_000),
+        open_one=st.booleans(),
         qty_change=st.sampled_from([None, -1, 1, 5, 100]),
         price_change=st.sampled_from([None, -300, -1, 1, 250]),
     )
-    def request_replace(self, index: int, qty_change: int | None, price_change: int | None) -> None:
-        m = self.pick(index)
+    def request_replace(
+        self, index: int, open_one: bool, qty_change: int | None, price_change: int | None
+    ) -> None:
+        m = self.pick(index, (S.ACCEPTED, S.NEW, S.PARTIALLY_FILLED) if open_one else ())
         if m is None:
             return
         now = self.now
@@ -310,7 +332,8 @@ class LedgerMachine(RuleBasedStateMachine):
                     req = replace(req, notional=max(Decimal(1), req.notional + qty_change))
             if price_change is not None and req.limit_price is not None:
                 cents = int(req.limit_price * (100 if req.symbol == "AAA" else 10_000))
-                req = replace(req, limit_price=_price(max(1, cents + price_change), req.symbol))
+                cents = max(1, min(cents + price_change, 9_999))
+                req = replace(req, limit_price=_price(cents, req.symbol))
             built["placement"] = p = place(req, view(req.symbol, now))
             built["request"] = req
             return req, p, None
@@ -320,17 +343,21 @@ class LedgerMachine(RuleBasedStateMachine):
             new = self.ledger.request_replace(self.account, m.id, build)
         except NotReplaceable:
             assert not legal, f"{m.status} order refused a replace"
+            note("replace: not replaceable")
             return
-        except OrderRefused:
+        except OrderRefused as exc:
             assert legal and "request" not in built
+            note(f"replace: refused {exc.code}")
             return
         except (InsufficientBuyingPower, InsufficientQty):
             p: Placement = built["placement"]
             held = (m.cash, m.shares)
             extra = (max(ZERO, p.reserve_cash - held[0]), max(ZERO, p.reserve_qty - held[1]))
             assert legal and not self.available(m.side, m.symbol, extra)
+            note("replace: insufficient")
             return
         assert legal, f"{m.status} order accepted a replace"
+        note("replace: requested")
         p = built["placement"]
         req = built["request"]
         extra = (max(ZERO, p.reserve_cash - m.cash), max(ZERO, p.reserve_qty - m.shares))
@@ -353,15 +380,34 @@ class LedgerMachine(RuleBasedStateMachine):
             )
         )
 
+    @rule(index=st.integers(0, 10_000))
+    def acknowledge(self, index: int) -> None:
+        """What a working execution side mostly does: acknowledge a new order."""
+        waiting = [
+            o
+            for o in self.orders.values()
+            if o.status in (S.ACCEPTED, S.PENDING_NEW) and not self.unconfirmed_replacement(o)
+        ]
+        if waiting:
+            self.answer(index, "acknowledged", waiting[index % len(waiting)])
+
+    @rule(index=st.integers(0, 10_000), accept=st.booleans())
+    def confirm_replace(self, index: int, accept: bool) -> None:
+        """The execution side answers a pending replace."""
+        m = self.pick(index, (S.PENDING_REPLACE,))
+        if m is not None and m.status == S.PENDING_REPLACE:
+            self.answer(index, "replaced" if accept else "replace_rejected", m)
+
     @rule(index=st.integers(0, 10_000), kind=st.sampled_from(ANSWERS))
-    def answer(self, index: int, kind: str) -> None:
-        m = self.pick(index)
+    def answer(self, index: int, kind: str, m: M | None = None) -> None:
+        m = m or self.pick(index)
         if m is None:
             return
-        if kind in ("replaced", "replace_rejected"):
-            pending = [o for o in self.orders.values() if o.status == S.PENDING_REPLACE]
-            if pending:
-                m = pending[index % len(pending)]
+        pending = [
+            o for o in self.orders.values() if o.status in (S.PENDING_REPLACE, S.PENDING_CANCEL)
+        ]
+        if kind in ("replaced", "replace_rejected", "cancel_rejected", "canceled") and pending:
+            m = pending[index % len(pending)]
         event: dict[str, Any] = {
             "event_id": f"x:{uuid4().hex}:{next(_ids)}",
             "kind": kind,
@@ -386,6 +432,7 @@ class LedgerMachine(RuleBasedStateMachine):
         before = self.snapshot()
         expected = "duplicate" if event["event_id"] in self.applied else self.predict(event)
         result = self.ledger.apply(dict(event))
+        note(f"answer {event['kind']}: {result.outcome}")
         assert result.outcome == expected, (event["kind"], result, expected)
         if result.outcome == "duplicate":
             assert self.snapshot() == before, "a redelivered answer changed the ledger"
@@ -420,7 +467,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 m.status = transition(m.status, E.CANCEL_REJECT)
             elif kind == "replaced":
                 new = self.orders.get(UUID(event["replaced_by"]))
-                if new is None or new.replaces != m.id:
+                if new is None or new.replaces != m.id or m.replaced_by != new.id:
                     return "anomaly"
                 old_status = transition(m.status, E.REPLACE)
                 new_status = transition(new.status, E.ACKNOWLEDGE)
@@ -432,7 +479,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 new.cash, new.shares = full
             elif kind == "replace_rejected":
                 new = self.orders.get(UUID(event["replaced_by"]))
-                if new is None or new.replaces != m.id:
+                if new is None or new.replaces != m.id or m.replaced_by != new.id:
                     return "anomaly"
                 old_status = transition(m.status, E.REPLACE_REJECT)
                 new_status = transition(new.status, E.REJECT)
@@ -481,6 +528,14 @@ class LedgerMachine(RuleBasedStateMachine):
             check_outbox(self.env.pool, self.ledger.topics, self.account)
 
 
+SEEN: Counter[str] = Counter()
+
+
+def note(what: str) -> None:
+    event(what)
+    SEEN[what] += 1
+
+
 def _legal(status: OrderStatus, event: OrderEvent) -> bool:
     try:
         transition(status, event)
@@ -499,15 +554,22 @@ def env(services) -> Iterator[LedgerEnv]:
 
 
 LedgerMachine.TestCase.settings = settings(
-    max_examples=25,
-    stateful_step_count=30,
+    max_examples=100,
+    stateful_step_count=80,
     deadline=None,
+    report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
 
 def test_ledger_state_machine(env: LedgerEnv) -> None:
+    SEEN.clear()
     LedgerMachine.TestCase().runTest()
+    print(sorted(SEEN.items()), flush=True)  # what the examples exercised (pytest -s)
+    # the machine reaches every kind of answer and both outcomes
+    for kind in ANSWERS:
+        assert SEEN[f"answer {kind}: applied"] > 0, kind
+    assert SEEN["cancel: requested"] and SEEN["replace: requested"]
 
 
 def test_ledger_errors_are_ledger_errors() -> None:
@@ -515,3 +577,120 @@ def test_ledger_errors_are_ledger_errors() -> None:
         assert issubclass(exc, LedgerError)
     assert (InsufficientBuyingPower.status, InsufficientQty.status) == (403, 403)
     assert (NotCancelable.status, NotReplaceable.status) == (422, 422)
+
+
+# -- regressions the state machine found ------------------------------------------------
+
+
+def _answer(env: LedgerEnv, kind: str, order_id: UUID, **extra: Any):
+    event = {
+        "event_id": f"r:{uuid4().hex}",
+        "kind": kind,
+        "at": now_ns(),
+        "order_id": str(order_id),
+        **{k: str(v) for k, v in extra.items()},
+    }
+    return env.ledger.apply(event)
+
+
+def _limit_buy(qty: int, price: str = "100.00") -> OrderRequest:
+    return OrderRequest(
+        "AAA",
+        Side.BUY,
+        OrderType.LIMIT,
+        TimeInForce.DAY,
+        qty=Decimal(qty),
+        limit_price=Decimal(price),
+    )
+
+
+def _working(env: LedgerEnv, account: UUID, req: OrderRequest) -> Order:
+    order = env.ledger.place(account, req, place(req, view(req.symbol)))
+    assert isinstance(order, Order)
+    assert _answer(env, "acknowledged", order.id).outcome == "applied"
+    return order
+
+
+def _replace_with(env: LedgerEnv, account: UUID, order: Order, req: OrderRequest) -> Order:
+    return env.ledger.request_replace(
+        account, order.id, lambda old: (req, place(req, view(req.symbol)), None)
+    )
+
+
+def test_confirming_a_replace_whose_new_order_closed_is_an_anomaly(env: LedgerEnv) -> None:
+    """Was: CheckViolation out of `apply` (the closed new order was given a reservation),
+    so the answer could never be consumed."""
+    account = env.new_account(10_000)
+    old = _working(env, account, _limit_buy(10))
+    new = _replace_with(env, account, old, _limit_buy(5))
+    assert _answer(env, "expired", new.id).outcome == "applied"
+    assert _answer(env, "replaced", old.id, replaced_by=new.id).outcome == "anomaly"
+    check_invariants(env.pool, account)
+    assert env.ledger.get(account, old.id).status == S.PENDING_REPLACE
+
+
+def test_replace_answers_must_name_the_replacing_order(env: LedgerEnv) -> None:
+    """Was: `replaced` moved the old order's reservation to any order named in
+    replaced_by, and `replace_rejected` rejected it."""
+    account = env.new_account(10_000)
+    old = _working(env, account, _limit_buy(10))
+    other = env.ledger.place(account, _limit_buy(20), place(_limit_buy(20), view("AAA")))
+    assert isinstance(other, Order)
+    new = _replace_with(env, account, old, _limit_buy(5))
+    for kind in ("replaced", "replace_rejected"):
+        assert _answer(env, kind, old.id, replaced_by=other.id).outcome == "anomaly"
+        check_invariants(env.pool, account)
+    assert env.ledger.get(account, other.id).status == S.PENDING_NEW
+    assert _answer(env, "replaced", old.id, replaced_by=new.id).outcome == "applied"
+    check_invariants(env.pool, account)
+
+
+def test_an_order_expiring_during_its_replace_takes_the_replacement_along(
+    env: LedgerEnv,
+) -> None:
+    """Was: the replacing order stayed open holding only its extra cash, for ever (the
+    execution side can only answer replace_rejected, an anomaly for an expired order)."""
+    account = env.new_account(10_000)
+    old = _working(env, account, _limit_buy(10))
+    new = _replace_with(env, account, old, _limit_buy(30))
+    assert new.reserved_cash == Decimal("2000.0000")
+    assert _answer(env, "expired", old.id).outcome == "applied"
+    check_invariants(env.pool, account)
+    assert env.ledger.get(account, new.id).status not in OPEN
+    assert env.ledger.balance(account).reserved_cash == 0
+    assert _answer(env, "replace_rejected", old.id, replaced_by=new.id).outcome == "anomaly"
+    check_invariants(env.pool, account)
+
+
+def test_an_unconfirmed_replacement_cannot_be_canceled_or_replaced(env: LedgerEnv) -> None:
+    """Was: canceling the new order before the execution side confirmed the replace made
+    the confirmation an anomaly, leaving the old order pending_replace (and reserving) for
+    ever; cancel_all did the same."""
+    account = env.new_account(10_000)
+    old = _working(env, account, _limit_buy(10))
+    new = _replace_with(env, account, old, _limit_buy(12))
+    with pytest.raises(NotCancelable):
+        env.ledger.request_cancel(account, new.id)
+    assert env.ledger.cancel_all(account) == []
+    pre = OrderRequest(
+        "AAA",
+        Side.BUY,
+        OrderType.LIMIT,
+        TimeInForce.DAY,
+        qty=Decimal(1),
+        limit_price=Decimal(100),
+    )
+    accepted = env.ledger.place(account, pre, place(pre, view("AAA", PRE_MARKET_NOW)))
+    assert isinstance(accepted, Order) and accepted.status == S.ACCEPTED
+    newer = env.ledger.request_replace(
+        account, accepted.id, lambda o: (pre, place(pre, view("AAA", PRE_MARKET_NOW)), None)
+    )
+    assert newer.status == S.ACCEPTED
+    with pytest.raises(NotReplaceable):
+        env.ledger.request_replace(
+            account, newer.id, lambda o: (pre, place(pre, view("AAA", PRE_MARKET_NOW)), None)
+        )
+    assert _answer(env, "replaced", old.id, replaced_by=new.id).outcome == "applied"
+    check_invariants(env.pool, account)
+    assert env.ledger.request_cancel(account, new.id).status == S.PENDING_CANCEL
+    check_invariants(env.pool, account)
