@@ -170,7 +170,14 @@ class OutboxRelay:
             ensure_topics(self.settings, self.topics)
             producer = Producer(self._producer_config())
             try:
+                t0 = time.perf_counter()
                 producer.init_transactions(KAFKA_TIMEOUT_S)  # fences the previous relay
+                log.info(
+                    "%s: producer %s initialized in %.0f ms",
+                    self.name,
+                    self.txn_id,
+                    (time.perf_counter() - t0) * 1000,
+                )
                 with self._connect() as work:
                     # The marks need no fsync of their own: a crash of PostgreSQL that
                     # loses the last ones also drops this session, and the next one's
@@ -372,9 +379,12 @@ class OutboxRelay:
             assign = []
             for p in sorted(meta.partitions):
                 start = progress.get(p, OFFSET_BEGINNING)
-                _, high = consumer.get_watermark_offsets(
+                low, high = consumer.get_watermark_offsets(
                     TopicPartition(self.topic, p), timeout=KAFKA_TIMEOUT_S
                 )
+                if start == OFFSET_BEGINNING and low == high:
+                    ends[p] = high  # no record to read
+                    continue
                 if start != OFFSET_BEGINNING and start >= high:
                     continue
                 assign.append(TopicPartition(self.topic, p, start))
@@ -385,7 +395,7 @@ class OutboxRelay:
             while pending:
                 if time.monotonic() > deadline:
                     raise Fenced(f"recovery read of {self.topic} did not reach the end")
-                for msg in consumer.consume(10_000, 0.5):
+                for msg in consumer.consume(5000, 0.02):  # returns at 5000 or 20 ms
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:

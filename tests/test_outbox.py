@@ -325,7 +325,7 @@ def test_standby_takes_over_when_the_active_relay_is_killed(ns: Settings, tmp_pa
                 ledger.place(account, *limit_buy(SYMBOLS[i % 5]))
             wait_all_sent(ns)
             assert standby.stats.sent == 50
-        assert took_over < 3, f"take-over took {took_over:.1f} s"
+        assert took_over < 10, f"take-over took {took_over:.1f} s"
         assert_exactly_once(ns)
     finally:
         if proc.poll() is None:
