@@ -270,7 +270,6 @@ class Ledger:
         coid = client_order_id or str(order_id)
         try:
             with self.pool.connection() as conn, conn.transaction():
-                self._reserve(conn, account_id, request.side, request.symbol, placement)
                 order = self._insert_order(conn, order_id, account_id, coid, request, placement)
                 self._queue(conn, "new", order.symbol, {"order": order_wire(order)})
                 if idempotency is not None:
@@ -282,6 +281,9 @@ class Ledger:
                         "VALUES (%s, %s, %s, 200, %s)",
                         (account_id, key, digest, body),
                     )
+                # Last: the account (or position) row stays locked until the commit, and
+                # every order of the account queues behind that lock.
+                self._reserve(conn, account_id, request.side, request.symbol, placement)
                 return order
         except errors.UniqueViolation as exc:
             name = exc.diag.constraint_name
