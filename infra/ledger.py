@@ -287,7 +287,10 @@ class Ledger:
                 return order
         except errors.UniqueViolation as exc:
             name = exc.diag.constraint_name
-            if name == "idempotency_keys_pkey" and idempotency is not None:
+            keyed = ("idempotency_keys_pkey", "orders_client_order_id_key")
+            if name in keyed and idempotency is not None:
+                # A concurrent request with the same key (and client_order_id) committed
+                # first: its answer is ours.
                 stored = self.replay(account_id, *idempotency)
                 if stored is not None:
                     return stored
@@ -548,6 +551,10 @@ class Ledger:
         with self.pool.connection() as conn:
             try:
                 with conn.transaction():
+                    # Lock the order before recording the event: the foreign key of
+                    # applied_events would take a share lock first, and two answers for
+                    # one order upgrading theirs to FOR UPDATE deadlock.
+                    self._lock_any(conn, order_id)
                     first = conn.execute(
                         "INSERT INTO applied_events (id, order_id, kind) VALUES (%s, %s, %s) "
                         "ON CONFLICT (id) DO NOTHING RETURNING id",
