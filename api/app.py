@@ -13,6 +13,7 @@ from infra.market_view import clock_for
 from infra.quote_store import QuoteStore
 from infra.rate_limit import RateLimiter
 from infra.settings import Settings, get_settings
+from schemas.sessions import market_session
 
 # Open to anyone: liveness (and FastAPI's /openapi.json, /docs, /redoc).
 OPEN_ROUTERS = (health, stream)  # WS /v1/stream authenticates in its own protocol
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The time order placement sees (sessions, auction cut-offs): wall UTC; tests set a
     # fixed one. A later issue makes it follow the feed's time during replays.
     app.state.clock = clock_for(settings)
+    # Loads the exchange calendar now (~1.5 s of CPU) rather than in the first order.
+    market_session(app.state.clock())
     errors.install(app)
     include_routers(app)
     return app

@@ -23,6 +23,7 @@ from infra.market_view import clock_for
 from infra.quote_store import QuoteStore
 from infra.rate_limit import RateLimiter
 from infra.settings import Settings, get_settings
+from schemas.sessions import market_session
 
 PROTECTED_ROUTERS = (quotes, accounts, keys, orders)
 
@@ -38,6 +39,8 @@ def create_trading_app(settings: Settings | None = None) -> FastAPI:
     app.state.quotes = QuoteStore(settings.redis)
     app.state.limiter = RateLimiter(settings.redis)
     app.state.clock = clock_for(settings)
+    # Loads the exchange calendar now (~1.5 s of CPU) rather than in the first order.
+    market_session(app.state.clock())
     errors.install(app)
     app.include_router(health.router)
     for module in PROTECTED_ROUTERS:

@@ -13,7 +13,9 @@ and the outbox relay (`tapeflow relay`) moving every order on to Kafka oms.order
 only PostgreSQL and Redis, in W processes).
 
 The clients (one Go process) are closed-loop: each posts a 1-share limit buy as soon
-as its previous answer came back. An order counts as accepted when the API answered
+as its previous answer came back. Each client trades for an account of its own (as at a
+market open, many users at once); --accounts K makes them share K accounts, whose
+orders then queue on the account row's lock. An order counts as accepted when the API answered
 200, which it does only after the order's transaction committed; the run then checks
 that PostgreSQL holds exactly that many orders and that the relay delivered every one
 to oms.orders. Latency is the client's, from sending the request to reading the whole
@@ -96,11 +98,18 @@ def _seed_market(settings: Settings) -> None:
     )
 
 
-def _account(base: Settings) -> tuple[str, Ledger, accounts.Account]:
+def _accounts(base: Settings, n: int) -> tuple[list[str], list[accounts.Account]]:
+    """n funded accounts, each with a key that is never rate limited."""
     pool = db.pool(base.postgres)
-    user, account = accounts.create_user(pool, f"orders-{time.time_ns()}@bench.local", "Bench")
-    _, token = api_keys.create_key(pool, user.id, "bench", rate_limit_per_minute=100_000_000)
-    return str(token), Ledger(pool, Topics()), account
+    ledger = Ledger(pool, Topics())
+    tokens, made = [], []
+    for _ in range(n):
+        user, account = accounts.create_user(pool, f"orders-{time.time_ns()}@bench.local", "Bench")
+        _, token = api_keys.create_key(pool, user.id, "bench", rate_limit_per_minute=100_000_000)
+        ledger.deposit(account.id, Decimal("1000000000"))
+        tokens.append(str(token))
+        made.append(account)
+    return tokens, made
 
 
 def _spawn(pipe: BenchPipeline, args: list[str], log: str) -> subprocess.Popen[bytes]:
@@ -148,8 +157,9 @@ def run_once(base: Settings, args: argparse.Namespace, clients: int, load: Path)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         _seed_market(pipe.settings)
-        token, ledger, account = _account(base)
-        ledger.deposit(account.id, Decimal("1000000000"))
+        tokens, made = _accounts(base, min(clients, args.accounts) if args.accounts else clients)
+        token_file = pipe.home / "tokens.txt"
+        token_file.write_text("\n".join(tokens))
         if args.server == "run":
             pipe.start()
             server = pipe.proc
@@ -182,8 +192,8 @@ def run_once(base: Settings, args: argparse.Namespace, clients: int, load: Path)
             str(load),
             "-url",
             f"{pipe.url}/v1/orders",
-            "-token",
-            token,
+            "-tokens",
+            str(token_file),
             "-clients",
             str(clients),
             "-seconds",
@@ -207,7 +217,7 @@ def run_once(base: Settings, args: argparse.Namespace, clients: int, load: Path)
         span_s = (window[:, 0].max() + window[:, 1].max() - start) / 1e9 if len(window) else 1
         with db.pool(base.postgres).connection() as conn:
             in_pg = conn.execute(
-                "SELECT count(*) FROM orders WHERE account_id = %s", (account.id,)
+                "SELECT count(*) FROM orders WHERE account_id = ANY(%s)", ([a.id for a in made],)
             ).fetchone()[0]
         deadline = time.monotonic() + 30
         relayed = _relayed(pipe)
@@ -272,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server", choices=("run", "trading"), default="run")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--idempotency", action="store_true")
+    p.add_argument(
+        "--accounts",
+        type=int,
+        default=0,
+        help="accounts the clients share (default: one per client); the orders of one "
+        "account serialize on its row lock",
+    )
     p.add_argument("--quiet-timeout", type=float, default=60.0)
     args = p.parse_args(argv)
     base = Settings()

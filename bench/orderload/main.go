@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -27,6 +28,7 @@ type sample struct {
 func main() {
 	url := flag.String("url", "http://127.0.0.1:8000/v1/orders", "endpoint")
 	token := flag.String("token", "", "Bearer token")
+	tokensFile := flag.String("tokens", "", "file of Bearer tokens, one per line: client c uses line c mod n")
 	clients := flag.Int("clients", 50, "concurrent clients")
 	seconds := flag.Float64("seconds", 10, "how long to send")
 	symbol := flag.String("symbol", "AAPL", "symbol to order")
@@ -34,6 +36,15 @@ func main() {
 	idem := flag.Bool("idempotency", false, "send an Idempotency-Key with every order")
 	flag.Parse()
 
+	tokens := []string{*token}
+	if *tokensFile != "" {
+		raw, err := os.ReadFile(*tokensFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		tokens = strings.Fields(string(raw))
+	}
 	transport := &http.Transport{MaxIdleConnsPerHost: *clients, MaxConnsPerHost: *clients}
 	client := &http.Client{Transport: transport, Timeout: 30 * time.Second}
 	deadline := time.Now().Add(time.Duration(*seconds * float64(time.Second)))
@@ -46,7 +57,7 @@ func main() {
 			for n := 0; time.Now().Before(deadline); n++ {
 				body := fmt.Sprintf(`{"symbol":"%s","side":"buy","type":"limit","time_in_force":"day","qty":"1","limit_price":"%s"}`, *symbol, *price)
 				req, _ := http.NewRequest("POST", *url, bytes.NewBufferString(body))
-				req.Header.Set("Authorization", "Bearer "+*token)
+				req.Header.Set("Authorization", "Bearer "+tokens[c%len(tokens)])
 				req.Header.Set("Content-Type", "application/json")
 				if *idem {
 					req.Header.Set("Idempotency-Key", fmt.Sprintf("load-%d-%d-%d", os.Getpid(), c, n))
