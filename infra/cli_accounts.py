@@ -12,7 +12,9 @@ from typing import Annotated
 import typer
 
 from infra import accounts, api_keys, db
+from infra.ledger import Ledger
 from infra.settings import Settings, get_settings
+from infra.topics import topics_of
 
 users_app = typer.Typer(help="Users and their accounts.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (Bearer tokens).", no_args_is_help=True)
@@ -20,6 +22,7 @@ accounts_app = typer.Typer(help="Accounts' cash.", no_args_is_help=True)
 
 DEMO_EMAIL = "demo@tapeflow.local"
 DEMO_TOKEN_FILE = "demo.token"  # under TAPEFLOW_HOME, mode 0600
+DEMO_CASH = Decimal(100_000)
 
 
 def _pool():
@@ -130,18 +133,31 @@ def _when(t) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%SZ") if t else "-"
 
 
+def _fund_once(settings: Settings, user: accounts.User) -> None:
+    """Something to trade with from the first minute of the tour: DEMO_CASH, once."""
+    pool = db.pool(settings.postgres)
+    account = accounts.account_of_user(pool, user.id)
+    assert account is not None
+    funded = db.fetchone(
+        pool, "SELECT 1 FROM cash_transfers WHERE account_id = %s LIMIT 1", (account.id,)
+    )
+    if funded is None:
+        Ledger(pool, topics_of(settings)).deposit(account.id, DEMO_CASH, "demo funding")
+
+
 def demo_token(settings: Settings) -> str:
     """The demo user's token, the same on every run: kept in TAPEFLOW_HOME/demo.token while
     it still authenticates; otherwise the user (if missing) and a key are created anew."""
     pool = db.pool(settings.postgres)
+    user = accounts.find_user(pool, DEMO_EMAIL)
+    if user is None:
+        user, _ = accounts.create_user(pool, DEMO_EMAIL, "Demo User")
+    _fund_once(settings, user)
     path: Path = settings.home.resolve() / DEMO_TOKEN_FILE
     if path.exists():
         saved = path.read_text().strip()
         if api_keys.authenticate(pool, saved) is not None:
             return saved
-    user = accounts.find_user(pool, DEMO_EMAIL)
-    if user is None:
-        user, _ = accounts.create_user(pool, DEMO_EMAIL, "Demo User")
     _, token = api_keys.create_key(pool, user.id, "demo")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

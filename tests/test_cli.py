@@ -315,3 +315,10 @@ def test_the_demo_token_is_reused_until_revoked(services, tmp_path):
     second = demo_token(settings)
     assert second != first and api_keys.authenticate(pool, second) is not None
     assert path.read_text().strip() == second
+    # Funded once, however many times the demo starts.
+    with pool.connection() as conn:
+        funding = conn.execute(
+            "SELECT amount FROM cash_transfers WHERE account_id = %s AND note = 'demo funding'",
+            (principal.account_id,),
+        ).fetchall()
+    assert funding == [(Decimal("100000.0000"),)]
