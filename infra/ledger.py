@@ -499,6 +499,9 @@ class Ledger:
                         f"order {old.id} replaces {old.replaces}; the replace is not confirmed yet"
                     )
                 request, placement, coid = build(old)
+                if (request.symbol, request.side) != (old.symbol, old.side):
+                    # the old order's reservation is the credit: same position, same side
+                    raise NotReplaceable("a replace keeps the order's symbol and side")
                 credit = (old.reserved_cash, old.reserved_qty)
                 self._reserve(conn, account_id, request.side, request.symbol, placement, credit)
                 extra = (

@@ -309,3 +309,20 @@ def test_an_answer_for_an_unknown_order_is_an_anomaly(env: LedgerEnv) -> None:
             (event["event_id"],),
         ).fetchone()
     assert row == (unknown, "canceled")
+
+
+def test_concurrent_reuse_of_a_key_with_another_body_is_refused(env: LedgerEnv) -> None:
+    account = env.new_account("100000.00")
+    calls = [
+        _idempotent_place(env, account, limit(Side.BUY, 1 + i % 2), None, "key-2") for i in range(2)
+    ]
+    results = race(20, lambda i: calls[i % 2](i))
+    placed = [r for r in results if isinstance(r, Order)]
+    assert len(placed) == 1, kinds(results)
+    # the same body replays, the other one is refused (422)
+    winner = 0 if placed[0].qty == 1 else 1
+    for i, r in enumerate(results):
+        if r is placed[0]:
+            continue
+        assert type(r).__name__ == ("Replay" if i % 2 == winner else "IdempotencyKeyReused"), r
+    check_invariants(env.pool, account)

@@ -705,3 +705,25 @@ def test_an_unconfirmed_replacement_cannot_be_canceled_or_replaced(env: LedgerEn
     check_invariants(env.pool, account)
     assert env.ledger.request_cancel(account, new.id).status == S.PENDING_CANCEL
     check_invariants(env.pool, account)
+
+
+def test_a_replace_keeps_the_symbol_and_side(env: LedgerEnv) -> None:
+    """Was: a `build` that changed the symbol (or side) got the old order's shares as a
+    credit against another position, leaving it under-reserved."""
+    account = env.new_account(10_000)
+    env.set_position(account, "AAA", 10)
+    env.set_position(account, "BBB", 10)
+    req = OrderRequest(
+        "AAA",
+        Side.SELL,
+        OrderType.LIMIT,
+        TimeInForce.DAY,
+        qty=Decimal(10),
+        limit_price=Decimal(100),
+    )
+    old = _working(env, account, req)
+    for other in (replace(req, symbol="BBB", limit_price=Decimal("0.5")), _limit_buy(1)):
+        with pytest.raises(NotReplaceable):
+            _replace_with(env, account, old, other)
+        check_invariants(env.pool, account)
+    assert env.ledger.get(account, old.id).status == S.NEW
