@@ -6,7 +6,17 @@ from fastapi import Depends, FastAPI
 
 from api import errors
 from api.auth import authorized
-from api.routes import accounts, candles, health, keys, orders, quotes, stream, watchlists
+from api.routes import (
+    accounts,
+    candles,
+    health,
+    keys,
+    orders,
+    positions,
+    quotes,
+    stream,
+    watchlists,
+)
 from infra.candle_store import CandleStore
 from infra.clickhouse import shared_clickhouse
 from infra.market_view import clock_for
@@ -19,7 +29,7 @@ from schemas.sessions import market_session
 OPEN_ROUTERS = (health, stream)  # WS /v1/stream authenticates in its own protocol
 # Behind a Bearer API key and its rate limit (api/auth.py), as one router dependency each,
 # so no route of these modules can forget it.
-PROTECTED_ROUTERS = (quotes, candles, accounts, keys, watchlists, orders)
+PROTECTED_ROUTERS = (quotes, candles, accounts, keys, watchlists, orders, positions)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -18,14 +18,14 @@ from fastapi import Depends, FastAPI
 
 from api import errors
 from api.auth import authorized
-from api.routes import accounts, health, keys, orders, quotes
+from api.routes import accounts, health, keys, orders, positions, quotes
 from infra.market_view import clock_for
 from infra.quote_store import QuoteStore
 from infra.rate_limit import RateLimiter
 from infra.settings import Settings, get_settings
 from schemas.sessions import market_session
 
-PROTECTED_ROUTERS = (quotes, accounts, keys, orders)
+PROTECTED_ROUTERS = (quotes, accounts, keys, orders, positions)
 
 
 def create_trading_app(settings: Settings | None = None) -> FastAPI:

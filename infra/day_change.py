@@ -63,3 +63,39 @@ def day_changes(candles: CandleStore, symbols: Sequence[str]) -> dict[str, DayCh
             continue
         out[symbol] = day_change(last[symbol][0], closes.get((symbol, prior[symbol])))
     return out
+
+
+_PREVIOUS_TTL_S = 60.0
+_previous_cache: dict[tuple[str, date], tuple[float, Decimal | None]] = {}
+
+
+def previous_closes(
+    candles: CandleStore, symbols: Sequence[str], today: date
+) -> dict[str, Decimal | None]:
+    """Each symbol's close on the trading day before `today` (New York), from the 1d rollup.
+
+    A previous close does not change during the day, so answers are kept for a minute
+    per process: valuing a portfolio of 100 positions then costs no ClickHouse query."""
+    import time
+
+    now = time.monotonic()
+    day = previous_session(today)
+    out: dict[str, Decimal | None] = {}
+    missing = []
+    for s in set(symbols):
+        hit = _previous_cache.get((s, day))
+        if hit is not None and now - hit[0] < _PREVIOUS_TTL_S:
+            out[s] = hit[1]
+        else:
+            missing.append(s)
+    if missing:
+        lo = datetime.combine(day, datetime.min.time(), UTC)
+        rows = candles.ch.query(
+            _DAILY_CLOSES,
+            {"symbols": sorted(missing), "lo": lo, "hi": lo + timedelta(days=2)},
+        )
+        found = {s: c for s, d, c in rows if d == day}
+        for s in missing:
+            out[s] = found.get(s)
+            _previous_cache[(s, day)] = (now, out[s])
+    return out
