@@ -10,7 +10,8 @@ Every change to money or to an order is one transaction here:
 - answers from the execution side (`apply`) are recorded by event id first, so a
   redelivered answer changes nothing, and an answer the state machine refuses is
   stored as an anomaly rather than applied.
-Fills (executions, positions, lots) are applied by the ledger flow (issue 5).
+Fills (executions, positions, lots, cash) arrive the same way, as `fill` answers, and
+are applied by infra/fills.py inside the same kind of transaction.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import psycopg
 from psycopg import errors
 from psycopg_pool import ConnectionPool
 
+from infra.fills import FillRefused, record_fill
 from infra.topics import Topics
 from schemas.oms import ORDER_COLUMNS, Order, encode, now_ns, order_wire
 from schemas.order_states import (
@@ -546,7 +548,7 @@ class Ledger:
     # -- answers from the execution side ------------------------------------------------
 
     def apply(self, event: dict[str, Any]) -> Applied:
-        """Apply one oms.executions answer (not fills) exactly once, by event id."""
+        """Apply one oms.executions answer or fill exactly once, by event id."""
         event_id = str(event["event_id"])
         order_id = UUID(str(event["order_id"]))
         kind = event["kind"]
@@ -567,7 +569,7 @@ class Ledger:
                         return Applied(event_id, "duplicate")
                     self._apply(conn, event, order_id, kind, at)
                     return Applied(event_id, "applied")
-            except (IllegalTransition, _Anomaly) as exc:
+            except (IllegalTransition, _Anomaly, FillRefused) as exc:
                 return self._anomaly(conn, event, order_id, kind, str(exc))
 
     def _apply(
@@ -617,6 +619,8 @@ class Ledger:
             self._move(
                 conn, new, OrderEvent.REJECT, at, "failed_at", reason=event.get("reason", "")
             )
+        elif kind == "fill":
+            record_fill(conn, order, event, at)
         else:
             raise _Anomaly(f"unknown answer kind {kind!r}")
 
