@@ -7,9 +7,10 @@ once delivery is enough: after a crash the flow resumes from the offsets of its 
 recovery snapshot, and the events it applies again change nothing. Answers are keyed by
 account, so one account's events arrive in order on one partition and one worker.
 
-Now: acknowledged, rejected, canceled, cancel_rejected, replaced, replace_rejected and
-expired. Issue 5 adds `fill` (executions, positions, lots, cash); until then Ledger.apply
-records a fill as an anomaly (ledger_anomalies) and changes nothing else.
+Events: acknowledged, rejected, canceled, cancel_rejected, replaced, replace_rejected,
+expired, and fill (executions, positions, lots, cash: infra/fills.py). One the ledger
+refuses (an overfill, an oversell, an illegal transition) is recorded in
+ledger_anomalies and changes nothing else.
 
 Run: python -m bytewax.run flows.ledger:flow -r .tapeflow/recovery/ledger -s 2
 """
