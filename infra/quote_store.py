@@ -159,7 +159,6 @@ def wire_publish(data: dict[str, Any]) -> Publish:
 class QuoteStore:
     def __init__(self, url: str) -> None:
         self.redis = redis.Redis.from_url(url)
-        self._write = self.redis.register_script(_WRITE_IF_NEWER)
 
     def apply(self, events: Iterable[Event]) -> int:
         """Write a batch (trades and breaks: publish each); how many writes moved forward."""
@@ -184,8 +183,11 @@ class QuoteStore:
             args += (symbol, venue, version, payload)
         for args in by_kind.values():
             for start in range(2, len(args), 4 * WRITES_PER_CALL):
-                chunk = args[:2] + args[start : start + 4 * WRITES_PER_CALL]
-                self._write(keys=[SYMBOLS_KEY], args=chunk, client=pipe)
+                chunk = args[start : start + 4 * WRITES_PER_CALL]
+                # EVAL, not a registered script's EVALSHA: redis-py checks SCRIPT EXISTS
+                # before every pipeline that holds one, a round trip per batch; Redis
+                # finds the compiled script by the body's SHA1 either way.
+                pipe.eval(_WRITE_IF_NEWER, 1, SYMBOLS_KEY, *args[:2], *chunk)
         n_scripts = len(pipe)
         for channel, payload in publishes:
             pipe.publish(channel, payload)
