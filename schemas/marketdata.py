@@ -42,6 +42,30 @@ class Quote:
         """A decimal string that orders quotes of one (symbol, venue) like their versions."""
         return f"{self.event_ns:020d}{self.seq:022d}"
 
+    # The normalize flow's NBBO books hold quotes, and Bytewax deep-copies then pickles
+    # that state at every snapshot. A quote is immutable all the way down (str, int,
+    # Decimal), so a copy is itself, and it pickles as its constructor arguments rather
+    # than through the generic frozen-slots path (a setattr per field on load).
+    def __deepcopy__(self, memo: dict[int, Any]) -> Quote:
+        return self
+
+    def __reduce__(self) -> tuple[type[Quote], tuple[Any, ...]]:
+        return (
+            Quote,
+            (
+                self.symbol,
+                self.venue,
+                self.bid_price,
+                self.bid_size,
+                self.ask_price,
+                self.ask_size,
+                self.event_ns,
+                self.receive_ns,
+                self.seq,
+                self.kind,
+            ),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Trade:

@@ -576,3 +576,22 @@ def test_build_candles_ignores_order_and_duplicates(events, rnd, data):
         assert c.volume > 0 and c.trades > 0
         if c.open is not None:
             assert c.low <= min(c.open, c.close) <= max(c.open, c.close) <= c.high
+
+
+def test_nbbo_book_snapshot_copies_are_independent_and_pickle_round_trips():
+    import copy
+    import pickle
+
+    book = NbboBook()
+    book.update(quote("iex", "10.0100", 100, "10.0500", 200, T0))
+    book.update(quote("nasdaq", "10.0200", 300, "10.0400", 400, T0 + 1))
+    snap = copy.deepcopy({"0": book})["0"]
+    assert snap == book and snap is not book and snap.venues is not book.venues
+    book.update(quote("iex", "10.0300", 100, "10.0500", 200, T0 + 2))
+    assert snap.venues["iex"].bid_price == D("10.0100"), "the snapshot did not move"
+    assert snap.last != book.last
+    restored = pickle.loads(pickle.dumps(snap))
+    assert restored == snap and restored.last == snap.last
+    assert restored.update(quote("iex", "10.0300", 100, "10.0500", 200, T0 + 2)) == book.last
+    nbbo = replace(book.last, seq=12345)
+    assert pickle.loads(pickle.dumps(nbbo)) == nbbo and copy.deepcopy(nbbo) is nbbo
