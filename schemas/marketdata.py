@@ -176,7 +176,28 @@ def _default(value: Any) -> Any:
 def to_wire(event: Event) -> bytes:
     # orjson encodes a dataclass itself, fields in order, as asdict() would (byte for
     # byte), at an eighth of the cost: this is the normalize flow's hottest line.
+    if type(event) is Quote:  # most events: a dict costs 0.5 µs, the dataclass 1.3 µs
+        return _quote_wire(event)
     return orjson.dumps(event, default=_default)
+
+
+def _quote_wire(q: Quote) -> bytes:
+    """What orjson gives for the dataclass, byte for byte, without calling back into
+    Python for each Decimal."""
+    return orjson.dumps(
+        {
+            "symbol": q.symbol,
+            "venue": q.venue,
+            "bid_price": str(q.bid_price),
+            "bid_size": q.bid_size,
+            "ask_price": str(q.ask_price),
+            "ask_size": q.ask_size,
+            "event_ns": q.event_ns,
+            "receive_ns": q.receive_ns,
+            "seq": q.seq,
+            "kind": q.kind,
+        }
+    )
 
 
 def from_wire(raw: bytes) -> Event:

@@ -595,3 +595,20 @@ def test_nbbo_book_snapshot_copies_are_independent_and_pickle_round_trips():
     assert restored.update(quote("iex", "10.0300", 100, "10.0500", 200, T0 + 2)) == book.last
     nbbo = replace(book.last, seq=12345)
     assert pickle.loads(pickle.dumps(nbbo)) == nbbo and copy.deepcopy(nbbo) is nbbo
+
+
+@given(
+    st.decimals(min_value=0, max_value=99_999_999, places=4, allow_nan=False),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**63 - 1),
+    st.integers(0, 2**64 - 1),
+    st.sampled_from(["iex", "NBBO", "nasdaq"]),
+)
+def test_quote_wire_is_the_dataclass_encoding_byte_for_byte(price, size, ns, seq, venue):
+    import orjson
+
+    from schemas.marketdata import _default, to_wire
+
+    q = Quote("BRK.A", venue, price, size, price + D("0.0100"), size // 2 + 1, ns, ns + 1, seq)
+    assert to_wire(q) == orjson.dumps(q, default=_default)
+    assert from_wire(to_wire(q)) == q
