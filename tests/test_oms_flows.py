@@ -25,6 +25,7 @@ from flows.execution import CLOCK, ORDER, key_by_symbol, run_desk
 from flows.ledger import _LedgerPartition, decode_batch
 from infra import accounts, cli, db
 from infra.ledger import Applied, Ledger
+from infra.outbox import lock_key
 from infra.runner import FLOWS
 from schemas.execution import SymbolDesk
 from schemas.marketdata import Quote, to_wire
@@ -146,10 +147,17 @@ def limit_buy(qty: str, price: str, symbol: str = "AAPL") -> OrderRequest:
 
 
 class Loop:
-    """A ledger on the test database writing the pipeline's outbox rows, and a hand relay."""
+    """A ledger on the test database writing the pipeline's outbox rows, and either the
+    pipeline's own outbox relay (the one `tapeflow run` hosts) or, with `hand_relay`, this
+    test as the relay: it then holds the relay's advisory lock, so the pipeline's relay
+    waits (as a second relay does), and publishes the rows itself when told to."""
 
-    def __init__(self, p: Pipeline) -> None:
+    def __init__(self, p: Pipeline, *, hand_relay: bool) -> None:
         self.p = p
+        self.lock: psycopg.Connection | None = None
+        if hand_relay:  # before the pipeline starts, so its relay never gets the lock
+            self.lock = psycopg.connect(p.settings.postgres, autocommit=True)
+            self.lock.execute("SELECT pg_advisory_lock(%s)", (lock_key([p.topics.orders]),))
         self.pool = db.pool(p.settings.postgres)
         self.ledger = Ledger(self.pool, p.topics)
         self.producer = Producer({"bootstrap.servers": p.settings.bootstrap, "acks": "all"})
@@ -170,9 +178,16 @@ class Loop:
             self.account, order_id, lambda old: (req, place(req, market()), None)
         ).id
 
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+
     def relay(self, edit: Callable[[dict], None] | None = None) -> None:
         """Claim this pipeline's unsent outbox rows and publish them in id order, each with
-        `"event_id": "o:<outbox id>"` spliced in first and the symbol as key."""
+        `"event_id": "o:<outbox id>"` spliced in first and the symbol as key (schemas/oms.py).
+        Without a hand relay the pipeline's relay does this by itself."""
+        if self.lock is None:
+            return
         with self.pool.connection() as conn:
             rows = conn.execute(
                 "UPDATE outbox SET sent_at = now() WHERE topic = %s AND sent_at IS NULL "
@@ -207,11 +222,14 @@ class Loop:
     def reserved(self) -> D:
         return self.ledger.balance(self.account).reserved_cash
 
-    def wait(self, order_id: UUID, status: str, timeout_s: float = 30) -> dict:
+    def wait(self, order_id: UUID, status: str, timeout_s: float = 60) -> dict:
         row = eventually(
             lambda: self.order(order_id), lambda o: o["status"] == status, timeout_s=timeout_s
         )
-        assert row["status"] == status, (order_id, row["status"], self.anomalies())
+        assert row["status"] == status, (
+            f"order {order_id} is {row['status']}, not {status}; anomalies "
+            f"{self.anomalies()}; log:\n{self.p.log.read_text()[-3000:]}"
+        )
         return row
 
     def state(self) -> tuple:
@@ -254,8 +272,15 @@ def restart(p: Pipeline, *, forget: tuple[str, ...] = ()) -> None:
 
 @pytest.mark.services
 def test_orders_cancels_and_replaces_round_trip_exactly_once(pipeline: Pipeline):
+    loop = Loop(pipeline, hand_relay=True)  # it edits a message on its way
     pipeline.start()
-    loop = Loop(pipeline)
+    try:
+        round_trip(pipeline, loop)
+    finally:
+        loop.close()
+
+
+def round_trip(pipeline: Pipeline, loop: Loop) -> None:
 
     # new: pending_new -> new, acknowledged at the message's time
     a = loop.place("10", "100.00")
@@ -331,8 +356,10 @@ def test_orders_cancels_and_replaces_round_trip_exactly_once(pipeline: Pipeline)
 def test_held_orders_are_acknowledged_when_the_feed_enters_the_regular_session(
     pipeline: Pipeline,
 ):
-    pipeline.start(split=True)  # the execution and ledger flows in processes of their own
-    loop = Loop(pipeline)
+    # the execution and ledger flows in processes of their own, fed by the outbox relay
+    # that tapeflow run hosts
+    pipeline.start(split=True)
+    loop = Loop(pipeline, hand_relay=False)
     held = loop.place("10", "100.00", now=PRE_MARKET)
     gone = loop.place("1", "100.00", now=PRE_MARKET)
     assert loop.order(held)["status"] == "accepted"
