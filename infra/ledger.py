@@ -266,41 +266,15 @@ class Ledger:
 
         With `idempotency` (key, request hash) the rendered answer is stored with the
         order; a concurrent request with the same key waits for this one, then gets
-        its stored answer (Replay).
+        its stored answer (Replay). A batch of one of infra/order_batch.py (the
+        place_orders function of migration 0003), which the HTTP route batches.
         """
-        order_id = uuid4()
-        coid = client_order_id or str(order_id)
-        try:
-            with self.pool.connection() as conn, conn.transaction():
-                order = self._insert_order(conn, order_id, account_id, coid, request, placement)
-                self._queue(conn, "new", order.symbol, {"order": order_wire(order)})
-                if idempotency is not None:
-                    key, digest = idempotency
-                    body = render(order) if render else b""
-                    conn.execute(
-                        "INSERT INTO idempotency_keys "
-                        "(account_id, key, request_hash, status_code, body) "
-                        "VALUES (%s, %s, %s, 200, %s)",
-                        (account_id, key, digest, body),
-                    )
-                # Last: the account (or position) row stays locked until the commit, and
-                # every order of the account queues behind that lock.
-                self._reserve(conn, account_id, request.side, request.symbol, placement)
-                return order
-        except errors.UniqueViolation as exc:
-            name = exc.diag.constraint_name
-            keyed = ("idempotency_keys_pkey", "orders_client_order_id_key")
-            if name in keyed and idempotency is not None:
-                # A concurrent request with the same key (and client_order_id) committed
-                # first: its answer is ours.
-                stored = self.replay(account_id, *idempotency)
-                if stored is not None:
-                    return stored
-            if name == "orders_client_order_id_key":
-                raise DuplicateClientOrderId(
-                    f"client_order_id {coid!r} is already used by an order of this account"
-                ) from None
-            raise
+        from infra.order_batch import NewOrder, place_batch, settle
+
+        item = NewOrder(account_id, request, placement, client_order_id, idempotency, render)
+        with self.pool.connection() as conn:
+            outcome = place_batch(conn, [item], self.topics.orders)[0]
+        return settle(self, item, outcome)
 
     def _reserve(
         self,
@@ -711,13 +685,26 @@ class Ledger:
     def _anomaly(
         self, conn: psycopg.Connection, event: dict, order_id: UUID, kind: str, reason: str
     ) -> Applied:
+        event_id = str(event["event_id"])
         with conn.transaction():
             conn.execute(
                 "INSERT INTO ledger_anomalies (event_id, order_id, kind, reason, payload) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
-                (str(event["event_id"]), order_id, kind, reason, encode(event).decode()),
+                (event_id, order_id, kind, reason, encode(event).decode()),
             )
-        return Applied(str(event["event_id"]), "anomaly", reason)
+            # Settled for good: a redelivery must not apply it later, when the order may
+            # have moved on (the same events always leave the same ledger).
+            # The order first, as `apply` does, so two deliveries cannot deadlock.
+            known = conn.execute(
+                "SELECT 1 FROM orders WHERE id = %s FOR UPDATE", (order_id,)
+            ).fetchone()
+            if known:
+                conn.execute(
+                    "INSERT INTO applied_events (id, order_id, kind) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    (event_id, order_id, f"anomaly:{kind}"),
+                )
+        return Applied(event_id, "anomaly", reason)
 
 
 class _Anomaly(Exception):

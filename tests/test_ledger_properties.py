@@ -445,7 +445,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert result.outcome == expected, (event["kind"], result, expected)
         if result.outcome == "duplicate":
             assert self.snapshot() == before, "a redelivered answer changed the ledger"
-        elif result.outcome == "applied":
+        else:  # applied or anomaly: settled for good, a redelivery is a duplicate
             self.applied.add(event["event_id"])
         if event not in self.events:
             self.events.append(event)
@@ -562,7 +562,10 @@ def env(services) -> Iterator[LedgerEnv]:
     ENV = None
 
 
+# derandomize: the same examples on every run, so the coverage checks below cannot flake
+# and a failure in CI replays locally. (Run with --hypothesis-seed=random to explore.)
 LedgerMachine.TestCase.settings = settings(
+    derandomize=True,
     max_examples=100,
     stateful_step_count=80,
     deadline=None,
