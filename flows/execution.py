@@ -1,22 +1,22 @@
 """execution: the execution side. Orders from the ledger meet each symbol's desk; its
 answers go back to the ledger.
 
-    oms.orders ─────────── (read_committed) ─┐
-    md.quotes, md.trades ─ feed time only ───┴ key_by_symbol ─ desk ─► oms.executions
-                                                              (SymbolDesk    (keyed by
-                                                               per symbol)    account)
+    oms.orders ───────────────────── (read_committed) ─┐
+    md.quotes, md.trades, md.status ─ venue events ────┴ key_by_symbol ─ desk ─► oms.executions
+                                                           (SymbolDesk     (keyed by
+                                                            per symbol)     account)
 
-The desk (schemas/execution.py) holds the symbol's open orders and the feed's clock;
+The desk (schemas/execution.py) holds the symbol's open orders, the venues' quotes,
+trading states and the feed's clock, and fills by the fill model (schemas/fill_model.py,
+from TAPEFLOW_FILL_* settings);
 Bytewax recovery snapshots it with the source offsets, so after a crash the flow resumes
 from a consistent pair and repeats the answers since then with the same event ids (the
-ledger applies each once). Market data costs one JSON decode and a max per message: in
-each Kafka batch a run of market events of a symbol becomes one clock step.
+ledger applies each once). Venue quotes, trades and trading states reach the desk whole
+(decoded JSON); everything else (NBBO quotes, breaks, directory and system events) only
+moves its clock, and in each Kafka batch a run of those becomes one clock step.
 
 oms.orders is written in Kafka transactions by the outbox relay, so it is read with
 isolation.level=read_committed: records of an aborted transaction are never seen.
-
-Issue 5 adds fills against the venues' quotes, triggers and time in force: the quotes
-and trades will then travel to the desk whole instead of as a clock.
 
 Run: python -m bytewax.run flows.execution:flow -r .tapeflow/recovery/execution -s 2
 """
@@ -35,12 +35,15 @@ from flows.kafka_io import OutMessage, RawMessage
 from infra.settings import Settings, get_settings
 from infra.topics import topics_of
 from schemas.execution import SymbolDesk
+from schemas.fill_model import FillModel
+from schemas.marketdata import NBBO_VENUE
 from schemas.oms import decode, encode
 
 log = logging.getLogger("tapeflow.execution")
 
-ORDER, CLOCK = "order", "clock"
-Step = tuple[str, Any]  # (ORDER, oms.orders message) | (CLOCK, feed event ns)
+ORDER, CLOCK, MARKET = "order", "clock", "market"
+# (ORDER, oms.orders message) | (CLOCK, feed event ns) | (MARKET, decoded venue event)
+Step = tuple[str, Any]
 Work = tuple[str, list[Step]]  # (symbol, steps in arrival order)
 
 
@@ -50,8 +53,17 @@ def _symbol_of(msg: dict[str, Any], key: bytes | None) -> str:
     return str(msg["order"]["symbol"] if msg.get("kind") == "new" else msg["symbol"])
 
 
+def _for_desk(event: dict[str, Any]) -> bool:
+    """A venue's quote, a trade or a trading state: what the desk fills and triggers by."""
+    kind = event.get("kind")
+    if kind == "quote":
+        return event.get("venue", NBBO_VENUE) != NBBO_VENUE
+    return kind in ("trade", "status")
+
+
 def key_by_symbol(msgs: list[RawMessage], orders_topic: str) -> list[tuple[str, Work]]:
-    """One item per symbol and Kafka batch: its order messages and feed clock, in order."""
+    """One item per symbol and Kafka batch: its order messages, venue events and feed
+    clock, in arrival order."""
     groups: dict[str, list[Step]] = {}
     loads = orjson.loads
     for topic, key, value in msgs:
@@ -67,10 +79,14 @@ def key_by_symbol(msgs: list[RawMessage], orders_topic: str) -> list[tuple[str, 
         if not key:
             continue  # system events: no symbol
         try:
-            event_ns = int(loads(value)["event_ns"])
+            event = loads(value)
+            event_ns = int(event["event_ns"])
         except Exception:
             continue
         steps = groups.setdefault(key.decode(), [])
+        if _for_desk(event):
+            steps.append((MARKET, event))
+            continue
         if steps and steps[-1][0] == CLOCK:
             if event_ns > steps[-1][1]:
                 steps[-1] = (CLOCK, event_ns)
@@ -79,16 +95,30 @@ def key_by_symbol(msgs: list[RawMessage], orders_topic: str) -> list[tuple[str, 
     return [(symbol, (symbol, steps)) for symbol, steps in groups.items()]
 
 
+def fill_model(settings: Settings) -> FillModel:
+    return FillModel(
+        latency_ms=settings.fill_latency_ms,
+        fraction_min=settings.fill_fraction_min,
+        fraction_max=settings.fill_fraction_max,
+        min_qty=settings.fill_min_qty,
+        slippage_ticks=settings.fill_slippage_ticks,
+        seed=settings.fill_seed,
+    )
+
+
 def run_desk(
-    desk: SymbolDesk | None, work: Work, executions_topic: str
+    desk: SymbolDesk | None, work: Work, executions_topic: str, model: FillModel | None = None
 ) -> tuple[SymbolDesk, list[OutMessage]]:
-    """Feed the symbol's desk; its answers as oms.executions messages keyed by account."""
+    """Feed the symbol's desk; its answers as oms.executions messages keyed by account.
+    A new desk takes `model`; a desk restored from a snapshot keeps its own."""
     symbol, steps = work
-    desk = desk if desk is not None else SymbolDesk(symbol)
+    desk = desk if desk is not None else SymbolDesk(symbol, model=model or FillModel())
     answers: list[dict[str, Any]] = []
     for kind, payload in steps:
         try:
-            if kind == CLOCK:
+            if kind == MARKET:
+                answers += desk.on_market(payload)
+            elif kind == CLOCK:
                 answers += desk.on_market_time(payload)
             else:
                 answers += desk.on_order_message(payload)
@@ -99,18 +129,19 @@ def run_desk(
 
 def build(settings: Settings) -> Dataflow:
     t = topics_of(settings)
+    model = fill_model(settings)
     flow = Dataflow("execution")
     msgs = op.input(
-        "orders_and_feed_time",
+        "orders_and_feed_time",  # the id recovery snapshots are kept under
         flow,
         raw_source(
             settings,
-            [t.orders, t.quotes, t.trades],
+            [t.orders, t.quotes, t.trades, t.status],
             config={"isolation.level": "read_committed"},
         ),
     )
     work = op.flat_map_batch("key_by_symbol", msgs, lambda batch: key_by_symbol(batch, t.orders))
-    answered = op.stateful_map("desk", work, lambda desk, w: run_desk(desk, w, t.executions))
+    answered = op.stateful_map("desk", work, lambda desk, w: run_desk(desk, w, t.executions, model))
     answers = op.filter_value("with_answers", answered, bool)
     op.output("to_executions", answers, batch_sink(settings))
     return flow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,6 +47,14 @@ class Settings(BaseSettings):
     clock_start: datetime | None = None
     # POST /v1/account/deposits for every user, not only operators (`tapeflow demo` sets it).
     allow_deposits: bool = False
+    # The simulated venues' fill model (schemas/fill_model.py); the defaults are plain and
+    # deterministic: no latency, the whole displayed size, no minimum, no slippage.
+    fill_latency_ms: int = 0
+    fill_fraction_min: Decimal = Decimal(1)
+    fill_fraction_max: Decimal = Decimal(1)
+    fill_min_qty: Decimal = Decimal(0)
+    fill_slippage_ticks: int = 0
+    fill_seed: int = 0
 
     @property
     def bootstrap(self) -> str:

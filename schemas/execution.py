@@ -1,41 +1,78 @@
-"""The execution side's desk for one symbol: its open orders and the answers it owes the
-ledger. Pure: no I/O; the execution flow (flows/execution.py) feeds it and publishes what
-it returns. Message shapes are those of schemas/oms.py.
+"""The execution side's desk for one symbol: its open orders, the venues' displayed
+quotes, and the answers and fills it owes the ledger. Pure: no I/O; the execution flow
+(flows/execution.py) feeds it and publishes what it returns. Message shapes are those
+of schemas/oms.py; the fill model is schemas/fill_model.py.
 
-    desk = SymbolDesk("AAPL")
+    desk = SymbolDesk("AAPL", model=FillModel())
     desk.on_order_message({"event_id": "o:7", "kind": "new", "at": ns, "order": {...}})
-        -> [{"event_id": "acknowledged:o:7", "kind": "acknowledged", ...}]
-    desk.on_market_time(event_ns)   # the feed's clock for this symbol (md.quotes/trades)
-        -> acknowledgements of held orders when the regular session opens
+        -> [{"event_id": "acknowledged:o:7", "kind": "acknowledged", ...}, fills...]
+    desk.on_market({"kind": "quote", "venue": "iex", "bid_price": "10.00", ...})
+        -> fills, expiries, acknowledgements (md.quotes / md.trades / md.status, decoded)
+    desk.on_market_time(event_ns)   # only the feed's clock (NBBO quotes, other events)
 
-The answers, per oms.orders message:
+Answers to oms.orders messages:
 - new: the order is kept. A pending_new order is acknowledged at once; an accepted order
   (placed outside the regular session: held until the open) is acknowledged when the
   desk's clock, the newest event time of the symbol's feed, is in a regular session:
   at once if it already is, else when the clock enters it (`at` = the session's open).
 - cancel: canceled (the order leaves the desk) if it is open here, else cancel_rejected.
-- replace: only if the old order is open here and its filled quantity is still the
-  message's expected_filled_qty, replaced (+ replaced_by): the old order leaves, the new
-  one works in its place, and that same answer acknowledges it in the ledger. Otherwise
-  replace_rejected (+ replaced_by, reason): the old order keeps working, the new one is
-  rejected by the ledger.
+- replace: only if the old order is open here and the desk's own filled quantity of it
+  is still the message's expected_filled_qty, replaced (+ replaced_by): the old order
+  leaves, the new one works in its place, and that same answer acknowledges it in the
+  ledger. Otherwise replace_rejected (+ replaced_by, reason): the old order keeps
+  working, the new one is rejected by the ledger.
+
+Fills (README "The order side" documents them for users):
+- Venues. Every venue of the feed is a simulated venue with its own displayed quote
+  (the consolidated NBBO quote only moves the clock). A buy fills at a venue's ask, a
+  sell at its bid, at most the displayed size per quote update: what orders take is
+  consumed until the venue's next quote update. The fill model decides latency, the
+  share of the displayed size an order may take, a minimum and slippage.
+- Routing. An order that can fill takes the venues in order of price (lowest ask for a
+  buy, highest bid for a sell), then larger available size, then venue name, and sweeps
+  them until it is done. Each fill names its `venue` and the sweep's `route` (every
+  venue the sweep filled at, in order). A buy never fills above its reserve_price (a
+  market, stop or trailing buy works as a marketable limit there) and a limit order
+  never fills through its limit.
+- When an order works: open orders are worked, in arrival order, after each order
+  message and each market event, against the venues' quotes as they stand.
+  Resting limit orders fill when a venue's quote crosses them.
+- Time in force, by the feed's clock: day orders expire at the regular close (extended
+  hours day orders at 20:00 New York), gtc orders never do. An order fills only in the
+  regular session, except extended-hours orders, which also fill in pre- and
+  after-market. ioc and fok orders are decided at their first moment to trade
+  (acknowledged, past the latency, in session): ioc fills what it can and cancels the
+  rest (reason "ioc remainder"); fok fills entirely or is canceled with no fill
+  ("fok not fillable"). opg orders take part only at the open: when the desk sees the
+  first venue quote of a regular session, then the rest expires (an opg order that
+  arrives after that quote expires at once). cls orders fill only in the last minute
+  before the close and expire at the close.
+- Triggers: a stop or stop_limit order triggers on the last regular trade (a trade that
+  updates the last price: sale-condition eligible) at or through its stop price (buy:
+  price >= stop, sell: price <= stop) in the regular session, and becomes a market or
+  limit order. Quotes and ineligible trades never trigger. A trailing stop keeps a
+  mark of regular trades from its acknowledgement (seeded with the order's hwm, else
+  the last regular trade the desk saw): the high-water mark for a sell, low-water for a
+  buy; it triggers when a regular trade is at or below hwm − trail (sell) or at or
+  above lwm + trail (buy), trail being trail_price or the mark × trail_percent / 100.
+  Its fills carry the mark as "hwm".
+- Halts: while any venue reports the symbol halted or paused, nothing fills or
+  triggers; orders wait (an ioc or fok decided then is canceled with no fill).
+- Ids: a fill's exec id, which is also its event_id, is "fill:<order id>:<n>", n the
+  order's fill count at this desk (1, 2, ...); its `at` is the feed time of the event
+  that made it.
 
 Determinism, so a replay after a crash repeats itself: an answer's event_id is
 "<kind>:<event_id of the message it answers>" (a held order's acknowledgement answers
-its `new` message) and its `at` is that message's `at` (or the session open), never a
-wall clock. A message delivered twice is answered once and changes nothing the second
-time: the desk remembers the ids of its last DEDUP_WINDOW messages and closed orders.
-What the answers decide depends only on the order messages, which reach one symbol's
-desk in one partition's order; the feed clock only decides *when* a held order is
-acknowledged, never its id.
-
-Extension points for issue 5 (not built here): fills against the venues' quotes
-(`on_quote`, marking `Working.filled_qty`), stop and trailing-stop triggers
-(`on_trade`), time in force (expiry at the close in `_clock_moved`, opg/cls auctions,
-ioc/fok remainders as unprompted `canceled`), and halts. `_on_new` is where a
-marketable order would first meet the book. Fills will depend on how quotes and orders
-interleave, which two topics do not fix: their ids and decisions must stay the same
-when the flow replays from a snapshot (e.g. sequence the desk's inputs deterministically).
+its `new` message; an expiry or an ioc/fok cancel answers the message that brought the
+order) and its `at` is that message's `at` (or the session open, or for fills and
+expiries the feed time), never a wall clock. A message delivered twice is answered once
+and changes nothing the second time: the desk remembers the ids of its last
+DEDUP_WINDOW messages and closed orders; a venue quote no newer than that venue's last
+one is ignored. Fills depend on how order messages and market events interleave (two
+topics): the desk and the source offsets are snapshotted together, so a replay from a
+snapshot repeats the same inputs; orders placed before the market data they fill
+against give the same fills on every replay.
 """
 
 from __future__ import annotations
@@ -43,31 +80,41 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
+from schemas.fill_model import FillModel
+from schemas.marketdata import NBBO_VENUE
 from schemas.oms import Order, order_from_wire
 from schemas.order_states import OrderStatus
-from schemas.sessions import NEW_YORK, market_session
+from schemas.orders import PRICE_PLACES, QTY_PLACES
+from schemas.sessions import NEW_YORK, POST_CLOSE, PRE_OPEN, market_session, regular_hours
 
 Answer = dict[str, Any]
 DEDUP_WINDOW = 1024
 NS = 1_000_000_000
+CLS_WINDOW_NS = 60 * NS  # cls orders take part in the last minute before the close
+HALTED_STATES = frozenset({"halted", "paused"})
 _NY = ZoneInfo(NEW_YORK)
 _REQUIRED = ("id", "account_id", "symbol", "side", "type", "time_in_force", "status")
+ZERO = Decimal(0)
+CENT = Decimal("0.01")
 
 
 def _ns(at: datetime) -> int:
     return int(at.timestamp()) * NS + at.microsecond * 1000
 
 
+def _dt(clock_ns: int) -> datetime:
+    return datetime.fromtimestamp(clock_ns // NS, UTC).replace(microsecond=clock_ns % NS // 1000)
+
+
 def regular_window(clock_ns: int) -> tuple[int | None, int]:
     """(open of the regular session `clock_ns` is in, or None; the first ns at which
     that answer may change). The desk asks again only past the second value."""
-    now = datetime.fromtimestamp(clock_ns // NS, UTC).replace(microsecond=clock_ns % NS // 1000)
-    session = market_session(now)
+    session = market_session(_dt(clock_ns))
     if session.kind == "regular":
         assert session.open is not None and session.close is not None
         return _ns(session.open), _ns(session.close)
@@ -77,6 +124,66 @@ def regular_window(clock_ns: int) -> tuple[int | None, int]:
     return None, _ns(midnight)
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The session kind the clock is in ("pre", "regular", "post", "closed"), valid for
+    clocks below until_ns."""
+
+    kind: str
+    until_ns: int
+
+
+def session_window(clock_ns: int) -> Window:
+    now = _dt(clock_ns)
+    session = market_session(now)
+    local = now.astimezone(_NY)
+    day = local.date()
+    midnight = _ns(datetime.combine(day + timedelta(days=1), time(0), _NY))
+    if session.open is None or session.close is None:
+        return Window("closed", midnight)
+    pre = _ns(datetime.combine(day, PRE_OPEN, _NY))
+    post = _ns(datetime.combine(day, POST_CLOSE, _NY))
+    bounds = sorted({pre, _ns(session.open), _ns(session.close), post, midnight})
+    until = next(b for b in bounds if b > clock_ns)
+    return Window(session.kind, until)
+
+
+def _trading_day_on_or_after(day: date) -> tuple[date, tuple[datetime, datetime]]:
+    for _ in range(30):
+        hours = regular_hours(day)
+        if hours is not None:
+            return day, hours
+        day += timedelta(days=1)
+    raise ValueError(f"no trading day within 30 days of {day}")
+
+
+def expiry_ns(clock_ns: int, *, extended: bool) -> int:
+    """When a day order that becomes active at `clock_ns` expires: the close of the
+    regular session it is in or the next one (extended hours: 20:00 New York of that
+    trading day, or of the next one after 20:00)."""
+    now = _dt(clock_ns)
+    day = now.astimezone(_NY).date()
+    while True:
+        day, (_, close) = _trading_day_on_or_after(day)
+        end = datetime.combine(day, POST_CLOSE, _NY) if extended else close
+        if now < end:
+            return _ns(end)
+        day += timedelta(days=1)
+
+
+@dataclass(slots=True)
+class Venue:
+    """A venue's displayed quote and what orders took of it since it was updated."""
+
+    bid: Decimal
+    bid_size: int
+    ask: Decimal
+    ask_size: int
+    seq: int  # the quote's event time: its sequence at this venue
+    bid_taken: Decimal = ZERO
+    ask_taken: Decimal = ZERO
+
+
 @dataclass(slots=True)
 class Working:
     """An order open at this desk."""
@@ -84,16 +191,47 @@ class Working:
     order: Order
     event_id: str  # the oms.orders message that brought it (its new or replace)
     acknowledged: bool  # the ledger has been told (held orders: not before the open)
-    filled_qty: Decimal = Decimal(0)  # issue 5: fills add here
+    filled_qty: Decimal = ZERO  # what filled here (replaces compare it)
+    filled_value: Decimal = ZERO  # sum of qty × price (notional orders)
+    fills: int = 0  # fills made here: the n of the next exec id is fills + 1
+    ready_ns: int = 0  # feed time from which it may fill (arrival + latency)
+    triggered: bool = True  # stop, stop_limit, trailing_stop: False until triggered
+    mark: Decimal | None = None  # trailing stops: the high (sell) / low (buy) water mark
+    expires_ns: int | None = None  # day/opg/cls/ioc/fok: set once the clock is known
+    took: dict[str, int] = field(default_factory=dict)  # venue -> quote seq it took from
 
     @property
     def held(self) -> bool:
         return not self.acknowledged
 
+    @property
+    def buy(self) -> bool:
+        return self.order.side == "buy"
+
+    @property
+    def tif(self) -> str:
+        return self.order.time_in_force
+
+    @property
+    def limit(self) -> Decimal | None:
+        """The limit it works with now (a triggered stop_limit has its limit_price)."""
+        if self.order.type in ("limit", "stop_limit"):
+            return self.order.limit_price
+        return None
+
+    def cap(self) -> Decimal | None:
+        """Buys: the highest price it may fill at (its limit, and its reserve price)."""
+        caps = [p for p in (self.limit, self.order.reserve_price) if p is not None]
+        return min(caps) if caps else None
+
+
+Fill = tuple[str, Decimal, Decimal]  # venue, qty, price
+
 
 @dataclass(slots=True)
 class SymbolDesk:
-    """Open orders of one symbol, in arrival order, and the feed's clock."""
+    """Open orders of one symbol, in arrival order, the venues' quotes and the feed's
+    clock."""
 
     symbol: str
     orders: dict[str, Working] = field(default_factory=dict)  # by order id, arrival order
@@ -102,6 +240,13 @@ class SymbolDesk:
     valid_until_ns: int = 0  # session_open_ns holds for clock_ns < this
     answered: OrderedDict[str, None] = field(default_factory=OrderedDict)  # message ids
     closed: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    model: FillModel = field(default_factory=FillModel)
+    venues: dict[str, Venue] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)  # venue -> trading state
+    last_price: Decimal | None = None  # the last regular trade's price
+    opening_seen_ns: int = 0  # open of the session whose first venue quote was seen
+    window: Window = field(default_factory=lambda: Window("closed", 0))
+    opening: bool = False  # while the opening quote is being worked (opg orders)
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -116,11 +261,38 @@ class SymbolDesk:
         return answers
 
     def on_market_time(self, event_ns: int) -> list[Answer]:
-        """The feed's clock moved (an event time from md.quotes or md.trades)."""
-        if event_ns <= self.clock_ns:
-            return []
-        self.clock_ns = event_ns
-        return self._clock_moved()
+        """The feed's clock moved (an event time from md.quotes, md.trades, md.status)."""
+        answers = self._advance(event_ns)
+        if answers or self.orders:
+            answers += self._work_all()
+        return answers
+
+    def on_market(self, event: dict[str, Any]) -> list[Answer]:
+        """One decoded md.quotes / md.trades / md.status event of this symbol."""
+        event_ns = int(event["event_ns"])
+        answers = self._advance(event_ns)
+        kind = event.get("kind")
+        opening = False
+        if kind == "quote" and event.get("venue", NBBO_VENUE) != NBBO_VENUE:
+            opening = self._on_quote(event, event_ns)
+        elif kind == "trade":
+            self._on_trade(event)
+        elif kind == "status":
+            self.states[str(event["venue"])] = str(event["state"])
+        if not self.orders:
+            return answers
+        self.opening = opening
+        try:
+            answers += self._work_all()
+        finally:
+            self.opening = False
+        if opening:
+            answers += self._expire_opg(event_ns)
+        return answers
+
+    @property
+    def halted(self) -> bool:
+        return any(state in HALTED_STATES for state in self.states.values())
 
     # -- orders -------------------------------------------------------------------------
 
@@ -133,13 +305,12 @@ class SymbolDesk:
         key = str(order.id)
         if key in self.orders or key in self.closed:
             return []  # the same order again under another message id: already answered
-        working = Working(order, event_id, acknowledged=False, filled_qty=order.filled_qty)
+        working = self._working(order, event_id, acknowledged=False)
+        working.filled_qty = order.filled_qty
         self.orders[key] = working
         if order.status == OrderStatus.ACCEPTED and self._open_ns() is None:
             return []  # held until the clock enters the regular session
-        working.acknowledged = True
-        # issue 5: a marketable order meets the venues' quotes here.
-        return [self._answer("acknowledged", event_id, msg["at"], order)]
+        return [self._answer("acknowledged", event_id, msg["at"], order), *self._activate(working)]
 
     def _on_cancel(self, msg: dict[str, Any], event_id: str) -> list[Answer]:
         working = self.orders.pop(str(msg["order_id"]), None)
@@ -180,8 +351,12 @@ class SymbolDesk:
         del self.orders[str(old.order.id)]
         self._close(str(old.order.id))
         # The ledger acknowledges the new order on `replaced`: it works from here on.
-        self.orders[str(new.id)] = Working(new, event_id, acknowledged=True)
-        return [self._answer("replaced", event_id, msg["at"], old.order, replaced_by=str(new.id))]
+        working = self._working(new, event_id, acknowledged=False)
+        if working.mark is None:
+            working.mark = old.mark  # a replaced trailing stop keeps its mark
+        self.orders[str(new.id)] = working
+        replaced = self._answer("replaced", event_id, msg["at"], old.order, replaced_by=str(new.id))
+        return [replaced, *self._activate(working)]
 
     _HANDLERS: ClassVar[dict[str, Callable[[SymbolDesk, dict[str, Any], str], list[Answer]]]] = {
         "new": _on_new,
@@ -197,6 +372,27 @@ class SymbolDesk:
         if order.symbol != self.symbol:
             raise ValueError(f"an order for {order.symbol} at the {self.symbol} desk")
         return order
+
+    def _working(self, order: Order, event_id: str, *, acknowledged: bool) -> Working:
+        stop = order.type in ("stop", "stop_limit", "trailing_stop")
+        return Working(
+            order,
+            event_id,
+            acknowledged=acknowledged,
+            ready_ns=self.clock_ns + self.model.latency_ns,
+            triggered=not stop,
+            mark=order.hwm,
+        )
+
+    def _activate(self, w: Working) -> list[Answer]:
+        """The order is acknowledged: it starts working (and may fill at once)."""
+        w.acknowledged = True
+        if w.order.type == "trailing_stop" and w.mark is None:
+            w.mark = self.last_price
+        self._set_expiry(w)
+        if w.tif == "opg" and self._past_opening():
+            return self._end(w, "expired", self.clock_ns)
+        return self._work(w)
 
     def _reject_unreadable(
         self, msg: dict[str, Any], event_id: str, wire: Any, exc: Exception
@@ -219,20 +415,262 @@ class SymbolDesk:
             self.session_open_ns, self.valid_until_ns = regular_window(self.clock_ns)
         return self.session_open_ns
 
-    def _clock_moved(self) -> list[Answer]:
-        # issue 5: day orders expire at the close, opg/cls take part in the auctions, and
-        # resting orders wake here. Now: held orders are released at the open.
-        if not any(w.held for w in self.orders.values()):
+    def _session(self) -> str:
+        if self.clock_ns == 0:
+            return "closed"
+        if self.clock_ns >= self.window.until_ns:
+            self.window = session_window(self.clock_ns)
+        return self.window.kind
+
+    def _past_opening(self) -> bool:
+        open_ns = self._open_ns()
+        return open_ns is not None and self.opening_seen_ns == open_ns and not self.opening
+
+    def _advance(self, event_ns: int) -> list[Answer]:
+        if event_ns <= self.clock_ns:
             return []
+        self.clock_ns = event_ns
+        if not self.orders:
+            return []
+        return self._clock_moved()
+
+    def _clock_moved(self) -> list[Answer]:
+        """Expiries that the clock passed, then held orders released at the open."""
+        answers: list[Answer] = []
+        for w in list(self.orders.values()):
+            if w.expires_ns is None and w.acknowledged:
+                self._set_expiry(w)
+            if w.expires_ns is not None and self.clock_ns >= w.expires_ns:
+                answers += self._end(w, "expired", w.expires_ns)
+        if not any(w.held for w in self.orders.values()):
+            return answers
         open_ns = self._open_ns()
         if open_ns is None:
-            return []
-        answers = []
-        for w in self.orders.values():
+            return answers
+        for w in list(self.orders.values()):
             if w.held:
-                w.acknowledged = True
                 answers.append(self._answer("acknowledged", w.event_id, open_ns, w.order))
+                answers += self._activate(w)
         return answers
+
+    def _set_expiry(self, w: Working) -> None:
+        if w.tif == "gtc" or w.expires_ns is not None or self.clock_ns == 0:
+            return
+        w.expires_ns = expiry_ns(self.clock_ns, extended=w.order.extended_hours)
+
+    def _expire_opg(self, at: int) -> list[Answer]:
+        answers: list[Answer] = []
+        for w in list(self.orders.values()):
+            if w.tif == "opg" and w.acknowledged:
+                answers += self._end(w, "expired", at)
+        return answers
+
+    # -- market data --------------------------------------------------------------------
+
+    def _on_quote(self, q: dict[str, Any], event_ns: int) -> bool:
+        """Take a venue's quote; True when it is the session's opening quote."""
+        venue = str(q["venue"])
+        old = self.venues.get(venue)
+        if old is not None and event_ns <= old.seq:
+            return False  # a repeat or an older quote: the displayed size stays consumed
+        self.venues[venue] = Venue(
+            Decimal(q["bid_price"]),
+            int(q["bid_size"]),
+            Decimal(q["ask_price"]),
+            int(q["ask_size"]),
+            event_ns,
+        )
+        open_ns = self._open_ns()
+        if open_ns is not None and self.opening_seen_ns != open_ns and event_ns >= open_ns:
+            self.opening_seen_ns = open_ns
+            return True
+        return False
+
+    def _on_trade(self, t: dict[str, Any]) -> None:
+        if not t.get("updates_last", True):
+            return  # not a regular trade: moves no last price, triggers nothing
+        price = Decimal(t["price"])
+        self.last_price = price
+        if self.halted or self._session() != "regular":
+            return
+        for w in self.orders.values():
+            if w.triggered or not w.acknowledged or self.clock_ns < w.ready_ns:
+                continue
+            o = w.order
+            if o.type == "trailing_stop":
+                w.triggered = self._trail(w, price)
+            elif o.stop_price is not None:
+                w.triggered = price >= o.stop_price if w.buy else price <= o.stop_price
+
+    def _trail(self, w: Working, price: Decimal) -> bool:
+        """Move the mark with a regular trade; whether the trade triggers the order."""
+        o = w.order
+        if w.mark is None:
+            w.mark = price
+        w.mark = min(w.mark, price) if w.buy else max(w.mark, price)
+        if o.trail_price is not None:
+            trail = o.trail_price
+        else:
+            assert o.trail_percent is not None
+            trail = w.mark * o.trail_percent / 100
+        return price >= w.mark + trail if w.buy else price <= w.mark - trail
+
+    # -- filling ------------------------------------------------------------------------
+
+    def _work_all(self) -> list[Answer]:
+        answers: list[Answer] = []
+        for w in list(self.orders.values()):
+            answers += self._work(w)
+        return answers
+
+    def _in_session(self, w: Working) -> bool:
+        """Whether the order may trade now, halts aside."""
+        if not w.acknowledged or not w.triggered or self.clock_ns < w.ready_ns:
+            return False
+        session = self._session()
+        if w.tif == "opg":
+            return self.opening
+        if w.tif == "cls":
+            close = w.expires_ns
+            return close is not None and close - CLS_WINDOW_NS <= self.clock_ns < close
+        if session == "regular":
+            return True
+        return w.order.extended_hours and session in ("pre", "post")
+
+    def _work(self, w: Working) -> list[Answer]:
+        """Fill what the order can take now; ioc/fok remainders end here."""
+        if not self._in_session(w):
+            return []
+        immediate = w.tif in ("ioc", "fok")
+        if self.halted:
+            if not immediate:
+                return []
+            reason = "ioc remainder" if w.tif == "ioc" else "fok not fillable"
+            return self._end(w, "canceled", self.clock_ns, reason=reason)
+        plan = self._plan(w)
+        if w.tif == "fok" and not self._completes(w, plan):
+            return self._end(w, "canceled", self.clock_ns, reason="fok not fillable")
+        answers = self._commit(w, plan)
+        if str(w.order.id) not in self.orders:
+            return answers  # filled
+        if w.tif == "ioc":
+            answers += self._end(w, "canceled", self.clock_ns, reason="ioc remainder")
+        return answers
+
+    def _left(self, w: Working) -> tuple[Decimal | None, Decimal | None]:
+        """(quantity, notional) still to fill; one of them is None."""
+        o = w.order
+        if o.notional is not None:
+            return None, o.notional - w.filled_value
+        assert o.qty is not None
+        return o.qty - w.filled_qty, None
+
+    def _done(self, w: Working) -> bool:
+        o = w.order
+        if o.notional is not None:
+            return o.notional - _money(w.filled_value) < CENT
+        return w.filled_qty >= (o.qty or ZERO)
+
+    def _plan(self, w: Working) -> list[Fill]:
+        """The fills a sweep of the venues would make now, best venue first."""
+        buy, model, order_id = w.buy, self.model, str(w.order.id)
+        cap = w.cap() if buy else None
+        floor = None if buy else w.limit
+        candidates = []
+        for name, v in self.venues.items():
+            if w.took.get(name) == v.seq:
+                continue  # it already took its share of this quote update
+            if buy:
+                price, size, taken = v.ask, v.ask_size, v.ask_taken
+            else:
+                price, size, taken = v.bid, v.bid_size, v.bid_taken
+            if price <= 0 or size <= 0:
+                continue
+            if (cap is not None and price > cap) or (floor is not None and price < floor):
+                continue
+            available = min(size - taken, model.available(size, order_id, name, v.seq))
+            if available <= 0:
+                continue
+            candidates.append((price if buy else -price, -available, name, price, available))
+        candidates.sort()
+        qty_left, cash_left = self._left(w)
+        plan: list[Fill] = []
+        for _, _, name, quoted, available in candidates:
+            price = model.buy_price(quoted) if buy else model.sell_price(quoted)
+            if cap is not None:
+                price = min(price, cap)
+            if floor is not None:
+                price = max(price, floor)
+            if qty_left is not None:
+                qty = min(qty_left, available)
+                completes = qty == qty_left
+            else:
+                assert cash_left is not None
+                qty = min((cash_left / price).quantize(QTY_PLACES, ROUND_FLOOR), available)
+                completes = cash_left - qty * price < CENT
+            if qty <= 0 or (qty < model.min_qty and not completes):
+                continue
+            plan.append((name, qty, price))
+            if qty_left is not None:
+                qty_left -= qty
+            else:
+                assert cash_left is not None
+                cash_left -= qty * price
+            if completes:
+                break
+        return plan
+
+    def _completes(self, w: Working, plan: list[Fill]) -> bool:
+        qty_left, cash_left = self._left(w)
+        if qty_left is not None:
+            return sum((q for _, q, _ in plan), ZERO) >= qty_left
+        assert cash_left is not None
+        return cash_left - sum((q * p for _, q, p in plan), ZERO) < CENT
+
+    def _commit(self, w: Working, plan: list[Fill]) -> list[Answer]:
+        route = [name for name, _, _ in plan]
+        answers: list[Answer] = []
+        for name, qty, price in plan:
+            v = self.venues[name]
+            if w.buy:
+                v.ask_taken += qty
+            else:
+                v.bid_taken += qty
+            w.took[name] = v.seq
+            w.fills += 1
+            w.filled_qty += qty
+            w.filled_value += qty * price
+            exec_id = f"fill:{w.order.id}:{w.fills}"
+            extra: dict[str, Any] = {}
+            if w.order.type == "trailing_stop" and w.mark is not None:
+                extra["hwm"] = str(w.mark)
+            answers.append(
+                {
+                    "event_id": exec_id,
+                    "kind": "fill",
+                    "at": self.clock_ns,
+                    "order_id": str(w.order.id),
+                    "account_id": str(w.order.account_id),
+                    "symbol": self.symbol,
+                    "exec_id": exec_id,
+                    "qty": str(qty.quantize(QTY_PLACES)),
+                    "price": str(price.quantize(PRICE_PLACES)),
+                    "venue": name,
+                    "route": route,
+                    **extra,
+                }
+            )
+        if plan and self._done(w):
+            del self.orders[str(w.order.id)]
+            self._close(str(w.order.id))
+        return answers
+
+    def _end(self, w: Working, kind: str, at: int, **extra: Any) -> list[Answer]:
+        """The desk ends an order on its own: expired, or an ioc/fok remainder canceled."""
+        if self.orders.pop(str(w.order.id), None) is None:
+            return []
+        self._close(str(w.order.id))
+        return [self._answer(kind, w.event_id, at, w.order, **extra)]
 
     # -- answers ------------------------------------------------------------------------
 
@@ -267,6 +705,10 @@ class SymbolDesk:
         window[key] = None
         if len(window) > DEDUP_WINDOW:
             window.popitem(last=False)
+
+
+def _money(value: Decimal) -> Decimal:
+    return value.quantize(Decimal("0.0001"), ROUND_HALF_EVEN)
 
 
 def _decimal(value: Any) -> Decimal | None:
