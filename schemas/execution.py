@@ -26,7 +26,9 @@ Fills (README "The order side" documents them for users):
 - Venues. Every venue of the feed is a simulated venue with its own displayed quote
   (the consolidated NBBO quote only moves the clock). A buy fills at a venue's ask, a
   sell at its bid, at most the displayed size per quote update: what orders take is
-  consumed until the venue's next quote update. The fill model decides latency, the
+  consumed until the venue's next quote update. A quote made before the current session
+  (pre-market, regular, after-hours) began is stale: nothing fills against it until the
+  venue quotes again. The fill model decides latency, the
   share of the displayed size an order may take, a minimum and slippage.
 - Routing. An order that can fill takes the venues in order of price (lowest ask for a
   buy, highest bid for a sell), then larger available size, then venue name, and sweeps
@@ -126,11 +128,12 @@ def regular_window(clock_ns: int) -> tuple[int | None, int]:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """The session kind the clock is in ("pre", "regular", "post", "closed"), valid for
-    clocks below until_ns."""
+    """The session kind the clock is in ("pre", "regular", "post", "closed"), since
+    start_ns and for clocks below until_ns."""
 
     kind: str
     until_ns: int
+    start_ns: int = 0
 
 
 def session_window(clock_ns: int) -> Window:
@@ -138,14 +141,16 @@ def session_window(clock_ns: int) -> Window:
     session = market_session(now)
     local = now.astimezone(_NY)
     day = local.date()
+    start = _ns(datetime.combine(day, time(0), _NY))
     midnight = _ns(datetime.combine(day + timedelta(days=1), time(0), _NY))
     if session.open is None or session.close is None:
-        return Window("closed", midnight)
+        return Window("closed", midnight, start)
     pre = _ns(datetime.combine(day, PRE_OPEN, _NY))
     post = _ns(datetime.combine(day, POST_CLOSE, _NY))
-    bounds = sorted({pre, _ns(session.open), _ns(session.close), post, midnight})
+    bounds = sorted({start, pre, _ns(session.open), _ns(session.close), post, midnight})
     until = next(b for b in bounds if b > clock_ns)
-    return Window(session.kind, until)
+    start = max(b for b in bounds if b <= clock_ns)
+    return Window(session.kind, until, start)
 
 
 def _trading_day_on_or_after(day: date) -> tuple[date, tuple[datetime, datetime]]:
@@ -577,9 +582,11 @@ class SymbolDesk:
         cap = w.cap() if buy else None
         floor = None if buy else w.limit
         candidates = []
+        self._session()
+        fresh_from = self.window.start_ns
         for name, v in self.venues.items():
-            if w.took.get(name) == v.seq:
-                continue  # it already took its share of this quote update
+            if v.seq < fresh_from or w.took.get(name) == v.seq:
+                continue  # quoted before this session, or it took its share already
             if buy:
                 price, size, taken = v.ask, v.ask_size, v.ask_taken
             else:
