@@ -137,6 +137,48 @@ def _postgres_pids() -> list[int]:
     return out
 
 
+def _client_ports(pids: list[int], server_port: int) -> set[int]:
+    """Local ports of the TCP connections these processes hold to `server_port`."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    local, remote, inode = cols[1], cols[2], cols[9]
+                    if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == server_port:
+                        ports.add(int(local.rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
+def _run_backends(base: Settings, pids: list[int]) -> list[int]:
+    """PostgreSQL's own processes (postmaster, WAL writer, ...) and the backends serving
+    these client processes: not those of other sessions on a shared machine."""
+    ports = _client_ports(pids, base.postgres_port)
+    with db.pool(base.postgres).connection() as conn:
+        rows = conn.execute(
+            "SELECT pid, backend_type, client_port FROM pg_stat_activity"
+        ).fetchall()
+    mine = [pid for pid, kind, port in rows if kind != "client backend" or port in ports]
+    postmaster = [p for p in _postgres_pids() if p not in {r[0] for r in rows}]
+    return mine + postmaster
+
+
 def _relayed(pipe: BenchPipeline) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
@@ -205,11 +247,18 @@ def run_once(base: Settings, args: argparse.Namespace, clients: int, load: Path)
             cmd.append("-idempotency")
         t0 = time.time_ns()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        pids["clients"] = [proc.pid]
         time.sleep(args.warmup)
+        # PostgreSQL's processes as they are now: the API's and the relay's connections
+        # open with the first orders.
+        pids["postgres"] = _run_backends(base, pids["api"] + pids["relay"])
         before = CpuBook.take(pids)
-        out, _ = proc.communicate()
+        out = proc.stdout.read() if proc.stdout else b""
         after = CpuBook.take(pids)
+        # The load client's CPU from its rusage (its pid is gone once it exits): the
+        # average over its whole run, warm-up included.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        load_s = (time.time_ns() - t0) / 1e9
         rows = np.loadtxt(out.decode().splitlines(), dtype=np.int64, ndmin=2)
         start = t0 + int(args.warmup * 1e9)
         window = rows[rows[:, 0] >= start]
@@ -233,7 +282,8 @@ def run_once(base: Settings, args: argparse.Namespace, clients: int, load: Path)
             in_postgres=int(in_pg),
             answered_200=int((rows[:, 2] == 200).sum()),
             relayed=relayed,
-            cpu=cores_between(before, after),
+            cpu=cores_between(before, after)
+            | {"clients": (usage.ru_utime + usage.ru_stime) / load_s},
         )
     finally:
         for p in procs:
@@ -263,13 +313,14 @@ def row(r: Result) -> str:
         f" {r.relayed:>8,} | {c.get('api', math.nan):>5.2f} {c.get('postgres', math.nan):>5.2f}"
         f" {c.get('relay', math.nan):>5.2f} {c.get('clients', math.nan):>5.2f}"
         f" {c.get('redis', 0) + c.get('kafka', 0):>5.2f} {c.get('machine', math.nan):>5.2f}"
+        f" {c.get('others', math.nan):>5.2f}"
     )
 
 
 HEADER = (
     f"{'clients':>7} {'orders/s':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}"
     f" {'4xx':>6} {'errors':>6} {'durable':>7} {'relayed':>8} | {'api':>5} {'pg':>5}"
-    f" {'relay':>5} {'load':>5} {'k+r':>5} {'all':>5}"
+    f" {'relay':>5} {'load':>5} {'k+r':>5} {'all':>5} {'other':>5}"
 )
 
 
