@@ -21,6 +21,7 @@ from decimal import Decimal
 
 import orjson
 import redis
+import redis.asyncio
 
 from infra.settings import Settings
 from schemas.marketdata import NBBO_VENUE
@@ -66,13 +67,29 @@ def two_sided(raw: bytes | None) -> tuple[Decimal, Decimal] | None:
     return (bid, ask) if bid > 0 and ask > 0 else None
 
 
-def symbol_view(client: redis.Redis, symbol: str, now: datetime) -> SymbolView:
-    pipe = client.pipeline(transaction=False)
+def _queue_view(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, symbol: str) -> None:
     pipe.sismember(SYMBOLS_KEY, symbol)
     pipe.hgetall(f"security:{symbol}")
     pipe.hgetall(f"status:{symbol}")
     pipe.hget(f"quote:{symbol}", NBBO_VENUE)
-    known, securities, statuses, nbbo = pipe.execute()
+
+
+def symbol_view(client: redis.Redis, symbol: str, now: datetime) -> SymbolView:
+    pipe = client.pipeline(transaction=False)
+    _queue_view(pipe, symbol)
+    return _view(now, *pipe.execute())
+
+
+async def symbol_view_async(client: redis.asyncio.Redis, symbol: str, now: datetime) -> SymbolView:
+    """symbol_view on the running event loop (redis.asyncio): the same one round trip."""
+    pipe = client.pipeline(transaction=False)
+    _queue_view(pipe, symbol)
+    return _view(now, *await pipe.execute())
+
+
+def _view(
+    now: datetime, known: int, securities: dict, statuses: dict, nbbo: bytes | None
+) -> SymbolView:
     quote = two_sided(nbbo)
     market = MarketView(
         now=now,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import redis
 
+from infra.aio_redis import PerLoopRedis
+
 # KEYS[1] bucket; ARGV[1] emission interval T (µs, 60 s / L); ARGV[2] capacity L.
 # Times are µs since the epoch (~1.8e15 < 2^53: exact in Lua's doubles); '%.0f' keeps
 # them from being written in exponent notation.
@@ -47,6 +49,8 @@ class RateLimiter:
         self.redis = redis.Redis.from_url(url)
         self.prefix = prefix
         self._script = self.redis.register_script(_GCRA)
+        self._aio = PerLoopRedis(url)
+        self._aio_scripts: dict[int, object] = {}
 
     def hit(self, key: str, per_minute: int) -> Decision:
         """Count one request against `key`'s budget of `per_minute`."""
@@ -54,6 +58,22 @@ class RateLimiter:
         allowed, remaining, wait_us = self._script(
             keys=[self.prefix + key], args=[f"{interval_us:.0f}", per_minute]
         )
+        return self._decision(allowed, remaining, wait_us)
+
+    async def ahit(self, key: str, per_minute: int) -> Decision:
+        """`hit` on the running event loop (redis.asyncio), for async routes."""
+        client = self._aio.client()
+        script = self._aio_scripts.get(id(client))
+        if script is None:
+            script = self._aio_scripts[id(client)] = client.register_script(_GCRA)
+        interval_us = 60_000_000 / per_minute
+        allowed, remaining, wait_us = await script(  # type: ignore[operator]
+            keys=[self.prefix + key], args=[f"{interval_us:.0f}", per_minute]
+        )
+        return self._decision(allowed, remaining, wait_us)
+
+    @staticmethod
+    def _decision(allowed: int, remaining: int, wait_us: int) -> Decision:
         if allowed:
             return Decision(True, int(remaining), 0)
         return Decision(False, 0, max(1, math.ceil(int(wait_us) / 1_000_000)))

@@ -49,7 +49,7 @@ LEDGER_TABLES = {
     "applied_events",
     "ledger_anomalies",
 }
-HEAD = "0002"
+HEAD = "0003"
 
 
 def head_tables() -> set[str]:
