@@ -12,6 +12,11 @@ expired, and fill (executions, positions, lots, cash: infra/fills.py). One the l
 refuses (an overfill, an oversell, an illegal transition) is recorded in
 ledger_anomalies and changes nothing else.
 
+Account events: each order event an apply writes (infra/account_events.py) is
+PUBLISHed to Redis `account:{account_id}` right after its commit, for WS /v1/stream.
+A failed publish is logged and skipped: the events are in PostgreSQL, which the stream
+reads when it sees a hole in an account's sequence or a client reconnects with `since`.
+
 Run: python -m bytewax.run flows.ledger:flow -r .tapeflow/recovery/ledger -s 2
 """
 
@@ -27,6 +32,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.common import raw_source
 from flows.kafka_io import RawMessage
+from infra import account_events
 from infra.settings import Settings, get_settings
 from infra.topics import Topics, topics_of
 from schemas.oms import decode
@@ -65,10 +71,13 @@ def decode_batch(msgs: list[RawMessage]) -> list[list[Event]]:
 
 class _LedgerPartition(StatelessSinkPartition[list[Event]]):
     def __init__(self, settings: Settings, topics: Topics) -> None:
+        import redis
+
         from infra import db
         from infra.ledger import Ledger
 
         self.ledger = Ledger(db.pool(settings.postgres), topics)
+        self.redis = redis.Redis.from_url(settings.redis, socket_timeout=2.0)
 
     def write_batch(self, items: list[list[Event]]) -> None:
         for events in items:
@@ -83,6 +92,11 @@ class _LedgerPartition(StatelessSinkPartition[list[Event]]):
             return
         if result.outcome == "anomaly":
             log.warning("execution event %s is an anomaly: %s", result.event_id, result.reason)
+        if result.events:
+            account_events.publish(self.redis, list(result.events))
+
+    def close(self) -> None:
+        self.redis.close()
 
 
 class LedgerSink(DynamicSink[list[Event]]):

@@ -28,6 +28,7 @@ import psycopg
 from psycopg import errors
 from psycopg_pool import ConnectionPool
 
+from infra import account_events
 from infra.fills import FillRefused, record_fill
 from infra.topics import Topics
 from schemas.oms import ORDER_COLUMNS, Order, encode, now_ns, order_wire
@@ -110,6 +111,9 @@ class Applied:
     event_id: str
     outcome: str  # applied | duplicate | anomaly
     reason: str = ""
+    # The account events the change wrote (infra/account_events.py), committed: the
+    # caller publishes them.
+    events: tuple[account_events.AccountEvent, ...] = ()
 
 
 def request_hash(method: str, path: str, body: bytes) -> bytes:
@@ -541,8 +545,13 @@ class Ledger:
                     ).fetchone()
                     if first is None:
                         return Applied(event_id, "duplicate")
-                    self._apply(conn, event, order_id, kind, at)
-                    return Applied(event_id, "applied")
+                    account_events.begin()
+                    try:
+                        self._apply(conn, event, order_id, kind, at)
+                    finally:
+                        noted = account_events.end()
+                    written = account_events.record(conn, noted, at)
+                    return Applied(event_id, "applied", events=tuple(written))
             except (IllegalTransition, _Anomaly, FillRefused) as exc:
                 return self._anomaly(conn, event, order_id, kind, str(exc))
 
@@ -595,6 +604,9 @@ class Ledger:
             )
         elif kind == "fill":
             record_fill(conn, order, event, at)
+            filled = conn.execute("SELECT status FROM orders WHERE id = %s", (order.id,)).fetchone()
+            done = filled is not None and filled[0] == OrderStatus.FILLED
+            account_events.note(order.id, "fill" if done else "partial_fill", fill=event)
         else:
             raise _Anomaly(f"unknown answer kind {kind!r}")
 
@@ -634,6 +646,7 @@ class Ledger:
             params.append(reason)
         params.append(order.id)
         conn.execute(f"UPDATE orders SET {', '.join(sets)} WHERE id = %s", params)
+        account_events.note(order.id, event)
 
     def _release(self, conn: psycopg.Connection, order: Order) -> None:
         """Give back everything the order still reserves."""

@@ -49,11 +49,13 @@ LEDGER_TABLES = {
     "applied_events",
     "ledger_anomalies",
 }
-HEAD = "0003"
+# 0004 adds the account events log (and accounts.event_seq).
+EVENT_TABLES = {"account_events"}
+HEAD = "0004"
 
 
 def head_tables() -> set[str]:
-    return set(TABLES_0001) | LEDGER_TABLES
+    return set(TABLES_0001) | LEDGER_TABLES | EVENT_TABLES
 
 
 @pytest.fixture

@@ -46,6 +46,12 @@ def test_actions_parse_and_symbols_normalize() -> None:
     change = parse_action('{"action":"subscribe","quotes":["aapl","*"],"bars":[]}')
     assert change == Change(True, {"quotes": frozenset({"AAPL", "*"}), "bars": frozenset()})
     assert parse_action('{"action":"unsubscribe"}') == Change(False, {})
+    # The account's own order events: trade_updates, with the last account seq seen.
+    got = parse_action('{"action":"subscribe","trade_updates":true,"since":12}')
+    assert got == Change(True, {}, trade_updates=True, since=12)
+    got = parse_action('{"action":"unsubscribe","trade_updates":true}')
+    assert got == Change(False, {}, trade_updates=True)
+    assert parse_action('{"action":"subscribe","trade_updates":false}') == Change(True, {})
 
 
 @pytest.mark.parametrize(
@@ -59,6 +65,12 @@ def test_actions_parse_and_symbols_normalize() -> None:
         ('{"action":"subscribe","trades":["TOO-LONG-SYMBOL"]}', "invalid_symbol"),
         ('{"action":"subscribe","news":["AAPL"]}', "invalid_message"),
         ('{"action":"auth","token":""}', "invalid_message"),
+        ('{"action":"subscribe","trade_updates":1}', "invalid_message"),
+        ('{"action":"subscribe","since":3}', "invalid_message"),
+        ('{"action":"unsubscribe","trade_updates":true,"since":3}', "invalid_message"),
+        ('{"action":"subscribe","trade_updates":true,"since":-1}', "invalid_since"),
+        ('{"action":"subscribe","trade_updates":true,"since":"3"}', "invalid_since"),
+        ('{"action":"subscribe","trade_updates":true,"account_id":"x"}', "invalid_message"),
     ],
 )
 def test_bad_actions_raise_typed_errors(raw: str, code: str) -> None:
@@ -101,7 +113,7 @@ def test_subscription_rules() -> None:
     assert d.wild_removed == {"quotes"} and d.removed == {"trades": {"A"}}
     msg = orjson.loads(with_seq(s.message(), 1))
     assert msg == {"T": "subscription", "seq": 1, "quotes": [], "trades": [], "bars": [],
-                   "statuses": []}  # fmt: skip
+                   "statuses": [], "trade_updates": False}  # fmt: skip
 
 
 def test_a_connection_over_the_limit_may_still_shrink() -> None:

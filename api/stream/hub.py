@@ -17,6 +17,10 @@ Quotes: the stream carries the consolidated quote (venue "NBBO"); venue quotes
 on the same channels are skipped without parsing. Payloads are never parsed on
 the fan-out path: each is cut once (protocol.split) and every session splices
 in its own sequence number.
+
+Account events (trade_updates): the channel account:{account_id} is subscribed while
+any connection of that account wants it (refcounted the same way); its messages go to
+the account's feeds (api/stream/account.py), which order them by account seq.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import orjson
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from api.stream.account import AccountFeed
 from api.stream.clock import MarketClock
 from api.stream.config import StreamSettings, get_stream_settings
 from api.stream.protocol import (
@@ -76,6 +81,7 @@ class Hub:
         # Per channel or pattern, the (un)subscribe commands not yet confirmed, in order.
         self._ops: dict[bytes, deque[asyncio.Future[None]]] = {}
         self.sessions: dict[Session, tuple[str, str]] = {}  # -> (key_id, connection id)
+        self.account_feeds: dict[bytes, set[AccountFeed]] = {}  # account:{id} -> feeds
         self.last_quote_ns: dict[str, int] = {}  # wall time the latest NBBO arrived
         self.stale: set[str] = set()
         self.feed_ns: int | None = None
@@ -125,8 +131,12 @@ class Hub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         waits = self._subscribe(list(self.by_channel), [k for k in KINDS if self.wild[k]])
+        waits += self._command("SUBSCRIBE", list(self.account_feeds))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waits), SUBSCRIBE_TIMEOUT_S)
+        for feeds in self.account_feeds.values():
+            for feed in feeds:
+                feed.resync()  # what was published meanwhile is in the log
         log.info("redis pub/sub reconnected; resyncing %d sessions", len(self.sessions))
         for session in list(self.sessions):
             session.push_control(event("resync", reason="upstream_reconnected"))
@@ -195,6 +205,25 @@ class Hub:
         waits += self._subscribe(to_sub, new_patterns)
         self._unsubscribe(to_unsub, gone_patterns)
         return waits
+
+    def watch_account(self, feed: AccountFeed) -> list[asyncio.Future[None]]:
+        """Deliver the account's events to `feed`; returns what to await for Redis."""
+        held = self.account_feeds.get(feed.channel)
+        if held is None:
+            self.account_feeds[feed.channel] = {feed}
+            return self._command("SUBSCRIBE", [feed.channel])
+        held.add(feed)
+        ops = self._ops.get(feed.channel)
+        return [ops[-1]] if ops else []
+
+    def unwatch_account(self, feed: AccountFeed) -> None:
+        held = self.account_feeds.get(feed.channel)
+        if held is None or feed not in held:
+            return
+        held.discard(feed)
+        if not held:
+            del self.account_feeds[feed.channel]
+            self._command("UNSUBSCRIBE", [feed.channel])
 
     def _command(self, verb: str, names: list[bytes]) -> list[asyncio.Future[None]]:
         if not names:
@@ -278,8 +307,12 @@ class Hub:
         if typ == b"message":
             ch = reply[1]
             kind = KIND_OF_PREFIX.get(ch.partition(b":")[0])
-            if kind is not None and kind not in self.pattern_active:
-                self._dispatch(kind, ch, reply[2], False)
+            if kind is not None:
+                if kind not in self.pattern_active:
+                    self._dispatch(kind, ch, reply[2], False)
+            elif ch in self.account_feeds:
+                for feed in list(self.account_feeds[ch]):
+                    feed.on_live(reply[2])
         elif typ == b"pmessage":
             ch = reply[2]
             kind = KIND_OF_PREFIX.get(ch.partition(b":")[0])

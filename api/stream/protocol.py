@@ -61,10 +61,14 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """subscribe / unsubscribe: per kind, symbols and/or the wildcard."""
+    """subscribe / unsubscribe: per kind, symbols and/or the wildcard; and the account's
+    own order events (trade_updates: True, or None when not mentioned), with `since`
+    the last account seq the client has (subscribe only)."""
 
     subscribe: bool
     symbols: dict[Kind, frozenset[str]] = field(default_factory=dict)
+    trade_updates: bool | None = None
+    since: int | None = None
 
 
 Action = Auth | Ping | Change
@@ -86,7 +90,7 @@ def parse_action(raw: str | bytes) -> Action:
     if action == "ping":
         return Ping(msg.get("id"))
     if action in ("subscribe", "unsubscribe"):
-        return Change(action == "subscribe", _kinds(msg))
+        return Change(action == "subscribe", _kinds(msg), *_trade_updates(msg, action))
     if not isinstance(action, str):
         raise ProtocolError("invalid_message", "a message needs a string 'action'")
     raise ProtocolError(
@@ -95,12 +99,32 @@ def parse_action(raw: str | bytes) -> Action:
     )
 
 
+ACCOUNT_FIELDS: Final = ("trade_updates", "since")
+
+
+def _trade_updates(msg: dict[str, Any], action: str) -> tuple[bool | None, int | None]:
+    """(trade_updates, since) of a subscribe / unsubscribe; the account is always the
+    connection's own (its API key's), so a message cannot name one."""
+    wanted = msg.get("trade_updates")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise ProtocolError("invalid_message", "'trade_updates' must be true or false")
+    since = msg.get("since")
+    if since is None:
+        return (wanted or None), None
+    if action != "subscribe" or wanted is not True:
+        raise ProtocolError("invalid_message", "'since' goes with a subscribe to trade_updates")
+    if isinstance(since, bool) or not isinstance(since, int) or not 0 <= since < 2**63:
+        raise ProtocolError("invalid_since", "'since' must be an account seq (an integer >= 0)")
+    return True, since
+
+
 def _kinds(msg: dict[str, Any]) -> dict[Kind, frozenset[str]]:
-    unknown = sorted(k for k in msg if k != "action" and k not in KINDS)
+    unknown = sorted(k for k in msg if k != "action" and k not in KINDS and k not in ACCOUNT_FIELDS)
     if unknown:
         raise ProtocolError(
             "invalid_message",
-            f"unknown field(s) {', '.join(unknown)[:80]}; kinds are {', '.join(KINDS)}",
+            f"unknown field(s) {', '.join(unknown)[:80]}; kinds are {', '.join(KINDS)}"
+            f" (and {', '.join(ACCOUNT_FIELDS)})",
         )
     out: dict[Kind, frozenset[str]] = {}
     for kind in KINDS:

@@ -10,6 +10,8 @@ import uuid
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketState
 
+from api.stream.account import KIND as TRADE_UPDATES
+from api.stream.account import AccountFeed
 from api.stream.auth import Principal, authenticate, bearer_token
 from api.stream.hub import Hub, hub_of
 from api.stream.protocol import (
@@ -44,6 +46,7 @@ class Connection:
         self.id = uuid.uuid4().hex
         self.principal: Principal | None = None
         self.slot: str | None = None
+        self.feed: AccountFeed | None = None  # trade_updates, made on first subscribe
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -134,6 +137,17 @@ class Connection:
 
     async def _change(self, change: Change) -> None:
         session = self.session
+        since = change.since
+        if since is not None:  # checked first: a refused change changes nothing
+            head = await self._feed().head()
+            if since > head:
+                raise ProtocolError(
+                    "invalid_since", f"since {since} is beyond the account's seq {head}"
+                )
+        elif change.subscribe and change.trade_updates and not self.subs.trade_updates:
+            # Without since: every event after the account's seq now, before the
+            # subscription is answered (what commits meanwhile is read from the log).
+            since = await self._feed().head()
         delta = self.subs.apply(change)  # may refuse (too many symbols), changing nothing
         for kind, symbols in delta.removed.items():
             if kind not in self.subs.wild:  # else "*" still covers them
@@ -145,8 +159,11 @@ class Connection:
         for kind, symbols in snap.items():
             session.awaiting_snapshot |= {(kind, s) for s in symbols}
         waits = self.hub.apply(session, delta)
+        start = self._trade_updates(change, waits)
         session.push_control(self.subs.message())  # before any event of a new symbol
         await self.hub.confirmed(waits)
+        if start and self.feed is not None and self.subs.trade_updates:
+            self.feed.start(since)  # the log after `since`, then live events
         for kind, symbols in snap.items():
             await self.hub.snapshot(session, kind, symbols)
         for kind in wild_snap:
@@ -154,6 +171,33 @@ class Connection:
             known -= {s for k, s in session.awaiting_snapshot if k == kind}
             session.awaiting_snapshot |= {(kind, s) for s in known}
             await self.hub.snapshot(session, kind, sorted(known))
+
+    def _feed(self) -> AccountFeed:
+        if self.feed is None:
+            assert self.principal is not None
+            dsn = self.hub.settings.postgres  # the pool opens in the feed's threads
+            self.feed = AccountFeed(self.session, self.principal.account_id, dsn)
+        return self.feed
+
+    def _trade_updates(self, change: Change, waits: list[asyncio.Future[None]]) -> bool:
+        """Subscribe or unsubscribe the account's order events; True: (re)start the feed
+        once Redis confirms (a first subscribe, or one with `since`)."""
+        if change.trade_updates is None:
+            return False
+        feed = self._feed()
+        if change.subscribe:
+            if not self.subs.trade_updates:
+                self.subs.trade_updates = True
+                feed.open()
+                waits += self.hub.watch_account(feed)
+                return True
+            return change.since is not None
+        if self.subs.trade_updates:
+            self.subs.trade_updates = False
+            self.hub.unwatch_account(feed)
+            feed.stop()
+            self.session.purge(TRADE_UPDATES, None)
+        return False
 
     # ------------------------------------------------------------ plumbing
 
@@ -182,6 +226,9 @@ class Connection:
     async def _cleanup(self) -> None:
         self.hub.unregister(self.session)
         self.hub.apply(self.session, self.subs.clear())
+        if self.feed is not None:
+            self.hub.unwatch_account(self.feed)
+            self.feed.stop()
         await self.session.stop()
         if self.slot is not None:
             with contextlib.suppress(Exception):

@@ -83,6 +83,10 @@ class Session:
         if not self._wake.is_set():
             self._wake.set()
 
+    def backlog(self) -> int:
+        """Events pending other than quotes (what max_pending bounds)."""
+        return len(self._others)
+
     def push_control(self, piece: Piece) -> None:
         self.push(None, "", piece, urgent=True)
 

@@ -30,6 +30,7 @@ class Subscriptions:
         self.max_symbols = max_symbols
         self.symbols: dict[Kind, set[str]] = {k: set() for k in KINDS}
         self.wild: set[Kind] = set()
+        self.trade_updates = False  # the account's order events (api/stream/account.py)
 
     def has(self, kind: Kind, symbol: str) -> bool:
         return kind in self.wild or symbol in self.symbols[kind]
@@ -74,4 +75,5 @@ class Subscriptions:
         return event(
             "subscription",
             **{k: [WILDCARD] if k in self.wild else sorted(self.symbols[k]) for k in KINDS},
+            trade_updates=self.trade_updates,
         )
