@@ -12,9 +12,11 @@ from uuid import UUID
 import orjson
 import pytest
 
+from flows.execution import CLOCK, MARKET, ORDER, key_by_symbol, run_desk
 from schemas.execution import SymbolDesk, expiry_ns
 from schemas.fill_model import FillModel
 from schemas.marketdata import NBBO_VENUE, Quote, Status, Trade, to_wire
+from schemas.oms import decode, encode
 from schemas.order_states import OrderStatus
 from schemas.sale_conditions import eligibility
 from tests.test_execution_desk import ACCOUNT, cancel_msg, new_msg, ns, order, replace_msg
@@ -543,3 +545,33 @@ def test_exec_ids_and_fills_are_stable_across_a_pickle_of_the_desk():
         tail = _run(desk, steps[cut:])
         assert head + tail == full
         assert _run(pickle.loads(saved), steps[cut:]) == tail
+
+
+# -- the flow's steps --------------------------------------------------------------------
+
+
+def test_the_flow_hands_venue_events_to_the_desk_whole_and_the_rest_as_its_clock():
+    o = buy(limit_price=D("10.00"))
+    q, nbbo = (
+        quote("iex", "9.95", 100, "9.99", 40, NOON + 1),
+        quote("NBBO", "9", 1, "9", 1, NOON + 2),
+    )
+    t, s = trade("9.99", NOON + 3), status("iex", "trading", NOON + 4)
+    batch = [
+        ("md.quotes", b"AAPL", orjson.dumps(nbbo)),
+        ("oms.orders", b"AAPL", encode(new_msg(o, 1))),
+        ("md.quotes", b"AAPL", orjson.dumps(q)),
+        ("md.trades", b"AAPL", orjson.dumps(t)),
+        ("md.status", b"AAPL", orjson.dumps(s)),
+        ("md.status", b"AAPL", b'{"kind": "security", "symbol": "AAPL", "event_ns": 5}'),
+    ]
+    ((_, work),) = key_by_symbol(batch, "oms.orders")
+    assert [kind for kind, _ in work[1]] == [CLOCK, ORDER, MARKET, MARKET, MARKET, CLOCK]
+    model = FillModel(slippage_ticks=1)
+    desk, out = run_desk(None, work, "oms.executions", model)
+    assert desk.model == model
+    assert [(topic, key) for topic, key, _, _ in out] == [
+        ("oms.executions", str(ACCOUNT).encode())
+    ] * 2
+    answers = [decode(value) for _, _, value, _ in out]
+    assert fills(answers) == [("iex", "40.000000", "10.0000")]  # 9.99 + a tick
