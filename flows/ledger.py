@@ -23,6 +23,7 @@ Run: python -m bytewax.run flows.ledger:flow -r .tapeflow/recovery/ledger -s 2
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import bytewax.operators as op
@@ -41,6 +42,7 @@ log = logging.getLogger("tapeflow.ledger")
 
 Event = dict[str, Any]
 REQUIRED = ("event_id", "kind", "at", "order_id")
+RETRIES = 5
 # Errors that say the event itself can never apply (no such order, malformed fields), as
 # opposed to the database being unreachable, which must stop the flow so it retries.
 UNAPPLIABLE = (
@@ -77,7 +79,10 @@ class _LedgerPartition(StatelessSinkPartition[list[Event]]):
         from infra.ledger import Ledger
 
         self.ledger = Ledger(db.pool(settings.postgres), topics)
-        self.redis = redis.Redis.from_url(settings.redis, socket_timeout=2.0)
+        self.redis = redis.Redis.from_url(
+            settings.redis, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+        self._quiet_until = 0.0  # after a failed publish, skip publishing for a while
 
     def write_batch(self, items: list[list[Event]]) -> None:
         for events in items:
@@ -85,15 +90,25 @@ class _LedgerPartition(StatelessSinkPartition[list[Event]]):
                 self.apply(event)
 
     def apply(self, event: Event) -> None:
-        try:
-            result = self.ledger.apply(event)
-        except UNAPPLIABLE as exc:
-            log.error("execution event %s cannot apply: %s", event.get("event_id"), exc)
-            return
+        for attempt in range(RETRIES):
+            try:
+                result = self.ledger.apply(event)
+                break
+            except UNAPPLIABLE as exc:
+                log.error("execution event %s cannot apply: %s", event.get("event_id"), exc)
+                return
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+                # A deadlock with an order placement (both lock an account and its
+                # positions): nothing was applied; apply is idempotent, so try again.
+                if attempt == RETRIES - 1:
+                    raise
+                log.info("execution event %s: %s; retrying", event.get("event_id"), exc)
+                time.sleep(0.005 * (attempt + 1))
         if result.outcome == "anomaly":
             log.warning("execution event %s is an anomaly: %s", result.event_id, result.reason)
-        if result.events:
-            account_events.publish(self.redis, list(result.events))
+        live = bool(result.events) and time.monotonic() >= self._quiet_until
+        if live and not account_events.publish(self.redis, list(result.events)):
+            self._quiet_until = time.monotonic() + 1.0  # the log has them meanwhile
 
     def close(self) -> None:
         self.redis.close()

@@ -362,3 +362,45 @@ def test_unsubscribe_stops_the_events(
         assert len(updates(ws.events)) == 1
         assert subscribe(ws, since=1)["trade_updates"] is True
         assert [u["seq"] for u in wait_updates(ws, 2)] == [1, 2]
+
+
+# ---------------------------------------------------------------- the ledger flow's side
+
+
+def test_a_failed_publish_never_undoes_the_ledger(
+    services: Settings, env: LedgerEnv, server: StreamServer
+) -> None:
+    dead = Settings(redis_url="redis://127.0.0.1:1/0", postgres_url=services.postgres)
+    part = _LedgerPartition(dead, env.ledger.topics)
+    part.ledger = env.ledger
+    acct = Account(env)
+    order = acct.buy("10")
+    part.apply(answer("acknowledged", order))  # Redis refuses: logged, skipped
+    part.apply(fill(order, "10", "99.00"))
+    part.close()
+    assert acct.seqs() == [1, 2]
+    assert env.ledger.get(acct.id, order).status == "filled"
+    with client(server.url, acct.token) as ws:  # the log has what Redis never carried
+        subscribe(ws, since=0)
+        assert [u["event"] for u in wait_updates(ws, 2)] == ["new", "fill"]
+
+
+def test_the_sink_retries_an_apply_that_deadlocked(
+    services: Settings, env: LedgerEnv, sink: _LedgerPartition
+) -> None:
+    import psycopg
+
+    real, calls = env.ledger.apply, []
+
+    def flaky(event: dict):
+        calls.append(event["event_id"])
+        if len(calls) == 1:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return real(event)
+
+    sink.ledger = type("L", (), {"apply": staticmethod(flaky)})()
+    acct = Account(env)
+    order = acct.buy("10")
+    sink.apply(answer("acknowledged", order))
+    assert len(calls) == 2 and acct.seqs() == [1]
+    assert env.ledger.get(acct.id, order).status == "new"
