@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     market_session(app.state.clock())
     errors.install(app)
     include_routers(app)
+    orders.install_fast_path(app)  # POST /v1/orders without the dependency machinery
     return app
 
 

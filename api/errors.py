@@ -56,26 +56,30 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def api_error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(
+        {"code": exc.code, "message": exc.message}, status_code=exc.status, headers=exc.headers
+    )
+
+
+def validation_response(exc: RequestValidationError) -> JSONResponse:
+    details = [
+        {"location": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()
+    ]
+    message = "; ".join(f"{d['location']}: {d['problem']}" for d in details)
+    return JSONResponse(
+        {"code": "invalid_parameter", "message": message, "details": details}, status_code=422
+    )
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(
-            {"code": exc.code, "message": exc.message},
-            status_code=exc.status,
-            headers=exc.headers,
-        )
+        return api_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"location": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]}
-            for e in exc.errors()
-        ]
-        message = "; ".join(f"{d['location']}: {d['problem']}" for d in details)
-        return JSONResponse(
-            {"code": "invalid_parameter", "message": message, "details": details},
-            status_code=422,
-        )
+        return validation_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -806,3 +806,77 @@ def test_concurrent_buys_never_overspend(client, services):
     figures = user.account_figures()
     assert (figures["reserved_cash"], figures["buying_power"]) == ("3000.0000", "0.0000")
     assert len(user.get("/v1/orders").json()) == 3
+
+
+@contextmanager
+def through_fastapi(app) -> Iterator[None]:
+    """POST /v1/orders through FastAPI's route instead of the fast path (api/routes/
+    orders.py): the fast path steps aside while any dependency is overridden."""
+    marker = object()
+    app.dependency_overrides[marker] = lambda: None
+    try:
+        yield
+    finally:
+        app.dependency_overrides.pop(marker, None)
+
+
+def _shape(resp) -> tuple:
+    body = resp.json()
+    if resp.status_code == 200:
+        body = {k: v for k, v in body.items() if k not in ("id", "client_order_id")}
+        body = {k: v for k, v in body.items() if not k.endswith("_at")}
+    headers = {
+        k: ("*" if k == "x-ratelimit-remaining" else v)
+        for k, v in resp.headers.items()
+        if k not in ("content-length", "date")
+    }
+    return resp.status_code, body, headers
+
+
+def test_the_fast_path_answers_as_the_fastapi_route_does(client, services, app):
+    poor = User(client, services, cash="50")
+    _, _, limited = new_user(services, rate_limit=1)
+    cases: list[tuple[str, dict, dict | bytes]] = [
+        ("ok", {}, limit_buy(qty="1")),
+        ("no token", {"Authorization": ""}, limit_buy()),
+        ("bad token", {"Authorization": "Bearer nope"}, limit_buy()),
+        ("basic", {"Authorization": "Basic abc"}, limit_buy()),
+        ("bad json", {}, b"{"),
+        ("bad field", {}, limit_buy(qty="-1")),
+        ("unknown symbol", {}, limit_buy(symbol="NOPE")),
+        ("rule", {}, limit_buy(limit_price="100.001")),
+        ("funds", {}, limit_buy(qty="1000")),
+        ("key too long", {"Idempotency-Key": "k" * 256}, limit_buy()),
+    ]
+    for name, headers, body in cases:
+        answers = []
+        for fast in (True, False):
+            user = poor if name == "funds" else User(client, services)
+            kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+            if fast:
+                resp = user.post("/v1/orders", headers=headers, **kw)
+            else:
+                with through_fastapi(app):
+                    resp = user.post("/v1/orders", headers=headers, **kw)
+            answers.append(_shape(resp))
+        assert answers[0] == answers[1], name
+    # rate limited: the second request of a key allowed one a minute, both ways
+    for fast in (True, False):
+        _, _, limited = new_user(services, rate_limit=1)
+        auth = {"Authorization": f"Bearer {limited}"}
+        client.post("/v1/orders", headers=auth, json=limit_buy())
+        if fast:
+            resp = client.post("/v1/orders", headers=auth, json=limit_buy())
+        else:
+            with through_fastapi(app):
+                resp = client.post("/v1/orders", headers=auth, json=limit_buy())
+        assert resp.status_code == 429 and resp.json()["code"] == "rate_limited"
+        assert resp.headers["Retry-After"] and resp.headers["X-RateLimit-Limit"] == "1"
+    # an idempotent retry replays byte for byte, whichever path placed or replays it
+    bob = User(client, services)
+    key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    first = bob.post("/v1/orders", headers=key, json=limit_buy(qty="2"))
+    with through_fastapi(app):
+        again = bob.post("/v1/orders", headers=key, json=limit_buy(qty="2"))
+    assert first.status_code == again.status_code == 200
+    assert first.content == again.content
