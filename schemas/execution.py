@@ -81,7 +81,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, ClassVar
@@ -103,6 +103,23 @@ _NY = ZoneInfo(NEW_YORK)
 _REQUIRED = ("id", "account_id", "symbol", "side", "type", "time_in_force", "status")
 ZERO = Decimal(0)
 CENT = Decimal("0.01")
+STOP_TYPES = frozenset({"stop", "stop_limit", "trailing_stop"})
+
+
+def _restore(obj: Any, state: Any) -> dict[str, Any]:
+    """__setstate__ for the desk's slotted dataclasses: a snapshot taken by an older
+    version (fewer fields) restores with the missing fields at their defaults. Returns
+    the snapshot's fields."""
+    values = state[1] if isinstance(state, tuple) else state
+    values = values or {}
+    for f in fields(obj):
+        if f.name in values:
+            setattr(obj, f.name, values[f.name])
+        elif f.default is not MISSING:
+            setattr(obj, f.name, f.default)
+        elif f.default_factory is not MISSING:
+            setattr(obj, f.name, f.default_factory())
+    return values
 
 
 def _ns(at: datetime) -> int:
@@ -205,6 +222,12 @@ class Working:
     expires_ns: int | None = None  # day/opg/cls/ioc/fok: set once the clock is known
     took: dict[str, int] = field(default_factory=dict)  # venue -> quote seq it took from
 
+    def __setstate__(self, state: Any) -> None:
+        values = _restore(self, state)
+        if "triggered" not in values:  # from before triggers: a stop is not triggered yet
+            self.triggered = self.order.type not in STOP_TYPES
+            self.mark = self.order.hwm
+
     @property
     def held(self) -> bool:
         return not self.acknowledged
@@ -252,6 +275,9 @@ class SymbolDesk:
     opening_seen_ns: int = 0  # open of the session whose first venue quote was seen
     window: Window = field(default_factory=lambda: Window("closed", 0))
     opening: bool = False  # while the opening quote is being worked (opg orders)
+
+    def __setstate__(self, state: Any) -> None:
+        _restore(self, state)
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -379,7 +405,7 @@ class SymbolDesk:
         return order
 
     def _working(self, order: Order, event_id: str, *, acknowledged: bool) -> Working:
-        stop = order.type in ("stop", "stop_limit", "trailing_stop")
+        stop = order.type in STOP_TYPES
         return Working(
             order,
             event_id,

@@ -575,3 +575,26 @@ def test_the_flow_hands_venue_events_to_the_desk_whole_and_the_rest_as_its_clock
     ] * 2
     answers = [decode(value) for _, _, value, _ in out]
     assert fills(answers) == [("iex", "40.000000", "10.0000")]  # 9.99 + a tick
+
+
+def test_a_desk_snapshot_from_before_fills_restores_with_defaults():
+    """Recovery snapshots taken by the desk before fills (fewer fields) still load: the
+    new fields take their defaults and an old stop order is not taken as triggered."""
+    desk = desk_at()
+    stop, limit = sell("stop", stop_price=D("9.50")), buy(limit_price=D("10.00"))
+    desk.on_order_message(new_msg(stop, 1))
+    desk.on_order_message(new_msg(limit, 2))
+    before = ("symbol", "orders", "clock_ns", "session_open_ns", "valid_until_ns")
+    old = SymbolDesk.__new__(SymbolDesk)
+    old.__setstate__((None, {name: getattr(desk, name) for name in before}))
+    for key, w in desk.orders.items():
+        restored = w.__class__.__new__(w.__class__)
+        restored.__setstate__(
+            (None, {n: getattr(w, n) for n in ("order", "event_id", "acknowledged", "filled_qty")})
+        )
+        old.orders[key] = restored
+    again = pickle.loads(pickle.dumps(old))
+    assert again.model == FillModel() and again.venues == {} and len(again.answered) == 0
+    assert [w.triggered for w in again.orders.values()] == [False, True]
+    answers = again.on_market(quote("iex", "9.90", 100, "9.99", 100, NOON + 1))
+    assert fills(answers) == [("iex", "100.000000", "9.9900")]  # the limit, not the stop
