@@ -43,12 +43,12 @@ Fills (README "The order side" documents them for users):
   hours day orders at 20:00 New York), gtc orders never do. An order fills only in the
   regular session, except extended-hours orders, which also fill in pre- and
   after-market. ioc and fok orders are decided at their first moment to trade
-  (acknowledged, past the latency, in session): ioc fills what it can and cancels the
-  rest (reason "ioc remainder"); fok fills entirely or is canceled with no fill
-  ("fok not fillable"). opg orders take part only at the open: when the desk sees the
-  first venue quote of a regular session, then the rest expires (an opg order that
-  arrives after that quote expires at once). cls orders fill only in the last minute
-  before the close and expire at the close.
+  (acknowledged, past the latency, in session, some venue quoting in this session):
+  ioc fills what it can and cancels the rest (reason "ioc remainder"); fok fills
+  entirely or is canceled with no fill ("fok not fillable"). opg orders take part only
+  at the open: when the desk sees the first venue quote of a regular session, then the
+  rest expires (an opg order that arrives after that quote expires at once). cls orders
+  fill only in the last minute before the close and expire at the close.
 - Triggers: a stop or stop_limit order triggers on the last regular trade (a trade that
   updates the last price: sale-condition eligible) at or through its stop price (buy:
   price >= stop, sell: price <= stop) in the regular session, and becomes a market or
@@ -294,7 +294,8 @@ class SymbolDesk:
     def on_market_time(self, event_ns: int) -> list[Answer]:
         """The feed's clock moved (an event time from md.quotes, md.trades, md.status)."""
         answers = self._advance(event_ns)
-        if answers or self.orders:
+        if self.orders:
+            answers += self._release()
             answers += self._work_all()
         return answers
 
@@ -314,6 +315,9 @@ class SymbolDesk:
             return answers
         self.opening = opening
         try:
+            # held orders are released after the event is taken: at the open they meet
+            # the opening quote, not the pre-market's
+            answers += self._release()
             answers += self._work_all()
         finally:
             self.opening = False
@@ -466,15 +470,21 @@ class SymbolDesk:
         return self._clock_moved()
 
     def _clock_moved(self) -> list[Answer]:
-        """Expiries that the clock passed, then held orders released at the open."""
+        """Expiries that the clock passed (before the event at that time is taken)."""
         answers: list[Answer] = []
         for w in list(self.orders.values()):
             if w.expires_ns is None and w.acknowledged:
                 self._set_expiry(w)
             if w.expires_ns is not None and self.clock_ns >= w.expires_ns:
                 answers += self._end(w, "expired", w.expires_ns)
+        return answers
+
+    def _release(self) -> list[Answer]:
+        """Held orders are acknowledged, and start working, once the clock is in a
+        regular session (`at` = its open)."""
         if not any(w.held for w in self.orders.values()):
-            return answers
+            return []
+        answers: list[Answer] = []
         open_ns = self._open_ns()
         if open_ns is None:
             return answers
@@ -578,6 +588,8 @@ class SymbolDesk:
                 return []
             reason = "ioc remainder" if w.tif == "ioc" else "fok not fillable"
             return self._end(w, "canceled", self.clock_ns, reason=reason)
+        if immediate and not self._live():
+            return []  # decided once some venue quotes in this session
         plan = self._plan(w)
         if w.tif == "fok" and not self._completes(w, plan):
             return self._end(w, "canceled", self.clock_ns, reason="fok not fillable")
@@ -587,6 +599,11 @@ class SymbolDesk:
         if w.tif == "ioc":
             answers += self._end(w, "canceled", self.clock_ns, reason="ioc remainder")
         return answers
+
+    def _live(self) -> bool:
+        """Whether some venue has quoted since the current session segment began."""
+        self._session()
+        return any(v.seq >= self.window.start_ns for v in self.venues.values())
 
     def _left(self, w: Working) -> tuple[Decimal | None, Decimal | None]:
         """(quantity, notional) still to fill; one of them is None."""

@@ -598,3 +598,31 @@ def test_a_desk_snapshot_from_before_fills_restores_with_defaults():
     assert [w.triggered for w in again.orders.values()] == [False, True]
     answers = again.on_market(quote("iex", "9.90", 100, "9.99", 100, NOON + 1))
     assert fills(answers) == [("iex", "100.000000", "9.9900")]  # the limit, not the stop
+
+
+def test_a_held_ioc_is_decided_at_the_open_against_the_first_regular_quote():
+    desk = desk_at(ns(13, 0), iex=("9.90", 100, "9.95", 100))  # pre-market quote
+    ioc = buy(status=OrderStatus.ACCEPTED, time_in_force="ioc", qty=D("150"))
+    limit = buy(status=OrderStatus.ACCEPTED, limit_price=D("9.97"), qty=D("10"))
+    assert desk.on_order_message(new_msg(ioc, 1)) == []  # held
+    desk.on_order_message(new_msg(limit, 2))
+    # the session opens with a trade: both are acknowledged, the pre-market quote is stale,
+    # so nothing fills and the ioc waits for a quote of this session
+    opened = desk.on_market(trade("9.96", ns(14, 30) + 1))
+    assert kinds(opened) == ["acknowledged", "acknowledged"]
+    answers = desk.on_market(quote("nasdaq", "9.90", 100, "9.96", 100, ns(14, 30) + 2))
+    assert [(a["kind"], a["order_id"], a.get("qty")) for a in answers] == [
+        ("fill", str(ioc.id), "100.000000"),
+        ("canceled", str(ioc.id), None),
+    ]
+    assert answers[1]["reason"] == "ioc remainder"
+    assert str(limit.id) in desk.orders  # nasdaq's 100 went to the ioc, iex is stale
+
+
+def test_held_orders_released_by_the_opening_quote_meet_that_quote():
+    desk = desk_at(ns(13, 0), iex=("9.90", 100, "9.95", 100))
+    o = buy(status=OrderStatus.ACCEPTED, limit_price=D("10.00"), qty=D("10"))
+    desk.on_order_message(new_msg(o, 1))
+    answers = desk.on_market(quote("iex", "9.90", 100, "9.98", 100, ns(14, 30) + 1))
+    assert kinds(answers) == ["acknowledged", "fill"]
+    assert fills(answers) == [("iex", "10.000000", "9.9800")]  # not the pre-market 9.95
