@@ -23,6 +23,7 @@ accounts_app = typer.Typer(help="Accounts' cash.", no_args_is_help=True)
 DEMO_EMAIL = "demo@tapeflow.local"
 DEMO_TOKEN_FILE = "demo.token"  # under TAPEFLOW_HOME, mode 0600
 DEMO_CASH = Decimal(100_000)
+DEMO_KEYS_KEPT = 10
 
 
 def _pool():
@@ -158,6 +159,11 @@ def demo_token(settings: Settings) -> str:
         saved = path.read_text().strip()
         if api_keys.authenticate(pool, saved) is not None:
             return saved
+    # Every demo home without its token file makes a key; keep the newest few active so
+    # the user never reaches the per-user key limit (a lost token file is a lost key).
+    active = [k for k in api_keys.list_keys(pool, user.id) if k.revoked_at is None]
+    for old in active[: max(0, len(active) - DEMO_KEYS_KEPT + 1)]:
+        api_keys.revoke_key(pool, old.key_id)
     _, token = api_keys.create_key(pool, user.id, "demo")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

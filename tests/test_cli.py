@@ -322,3 +322,14 @@ def test_the_demo_token_is_reused_until_revoked(services, tmp_path):
             (principal.account_id,),
         ).fetchall()
     assert funding == [(Decimal("100000.0000"),)]
+
+
+def test_demo_homes_without_a_token_file_never_exhaust_the_key_limit(services, tmp_path):
+    from infra.cli_accounts import DEMO_EMAIL, DEMO_KEYS_KEPT, demo_token
+
+    pool = db.pool(services.postgres)
+    tokens = [demo_token(Settings(home=tmp_path / str(n))) for n in range(DEMO_KEYS_KEPT + 3)]
+    user = accounts.find_user(pool, DEMO_EMAIL)
+    active = [k for k in api_keys.list_keys(pool, user.id) if k.revoked_at is None]
+    assert len(active) <= DEMO_KEYS_KEPT
+    assert api_keys.authenticate(pool, tokens[-1]) is not None  # the newest works
