@@ -119,3 +119,34 @@ def test_positions_are_the_callers_own(services, env: TestClient):
     assert missing.status_code == 404 and missing.json()["code"] == "position_not_found"
     empty = env.get("/v1/portfolio", headers=auth).json()
     assert D(empty["equity"]) == 0 and empty["positions"] == 0
+
+
+def _sellable(services: Settings, env: TestClient, cash: str, qty: str, reserved: str = "0"):
+    """A holder of `qty` AAPL whose position is sellable: security directory entry seeded."""
+    from schemas.marketdata import Security
+
+    QuoteStore(env.app.state.settings.redis).apply([Security("AAPL", "iex", 100, False, 1, 1)])
+    return _holder(services, cash, [("AAPL", qty, reserved, str(D(qty) * 100))])
+
+
+def test_closing_a_position_sells_its_free_shares_at_market(services, env: TestClient):
+    auth = _sellable(services, env, "0", "10", reserved="4")
+    closed = env.delete("/v1/positions/AAPL", headers=auth)
+    assert closed.status_code == 200, closed.text
+    order = closed.json()
+    assert (order["side"], order["type"], order["time_in_force"]) == ("sell", "market", "day")
+    assert D(order["qty"]) == 6 and D(order["reserved_qty"]) == 6  # 4 were already reserved
+    again = env.delete("/v1/positions/AAPL", headers=auth)
+    assert again.status_code == 403 and again.json()["code"] == "insufficient_qty"
+
+
+def test_closing_part_of_a_position(services, env: TestClient):
+    auth = _sellable(services, env, "0", "10")
+    half = env.delete("/v1/positions/AAPL", params={"percentage": "33.3"}, headers=auth).json()
+    assert D(half["qty"]) == D("3.33")
+    some = env.delete("/v1/positions/AAPL", params={"qty": "2"}, headers=auth).json()
+    assert D(some["qty"]) == 2
+    both = env.delete("/v1/positions/AAPL", params={"qty": "1", "percentage": "5"}, headers=auth)
+    assert both.status_code == 422 and both.json()["code"] == "qty_and_percentage"
+    none = env.delete("/v1/positions/MSFT", headers=auth)
+    assert none.status_code == 404 and none.json()["code"] == "position_not_found"

@@ -10,17 +10,29 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 
 from api.auth import CurrentPrincipal
 from api.deps import ClockDep, DbDep, LedgerDep, QuotesDep, SymbolPath
-from api.errors import ERROR_RESPONSES, not_found
-from api.models import Money
+from api.errors import ERROR_RESPONSES, ApiError, invalid, not_found
+from api.models import Money, OrderOut
 from infra.day_change import previous_closes
-from infra.market_view import mids
+from infra.ledger import LedgerError, Replay
+from infra.market_view import mids, symbol_view
+from schemas.orders import (
+    QTY_PLACES,
+    OrderRefused,
+    OrderRequest,
+    OrderType,
+    Side,
+    TimeInForce,
+    place,
+)
 from schemas.portfolio import PositionValue, value_portfolio, value_position
 
 router = APIRouter(tags=["portfolio"], responses=ERROR_RESPONSES)
@@ -138,3 +150,43 @@ def get_portfolio(
     values = _valued(request, _rows(db, principal.account_id), quotes, now)
     p = value_portfolio(balance.cash, balance.reserved_cash, values)
     return PortfolioOut(**asdict(p), as_of=now)
+
+
+@router.delete("/v1/positions/{symbol}", response_model=OrderOut, summary="Close a position")
+def close_position(
+    symbol: SymbolPath,
+    principal: CurrentPrincipal,
+    db: DbDep,
+    ledger: LedgerDep,
+    quotes: QuotesDep,
+    clock: ClockDep,
+    qty: Annotated[Decimal | None, Query(gt=0, description="Shares to sell")] = None,
+    percentage: Annotated[
+        Decimal | None, Query(gt=0, le=100, description="Percent of the position to sell")
+    ] = None,
+) -> OrderOut:
+    """Sell the position (or `qty` shares, or `percentage` of it, rounded down to 6
+    places) with a market day order; 200 with that order, as `POST /v1/orders` answers.
+    Shares already reserved by open sell orders are not sold again: 403
+    `insufficient_qty` when too few are free. 404 `position_not_found` without one."""
+    from api.routes.orders import order_out
+
+    if qty is not None and percentage is not None:
+        raise invalid("qty_and_percentage", "give qty or percentage, not both")
+    rows = _rows(db, principal.account_id, symbol)
+    if not rows:
+        raise not_found("position_not_found", f"no open position in {symbol}")
+    _, held, reserved, _ = rows[0]
+    if qty is None:
+        share = held * percentage / 100 if percentage is not None else held - reserved
+        qty = share.quantize(QTY_PLACES, ROUND_FLOOR)
+    if qty <= 0:
+        raise ApiError(403, "insufficient_qty", f"no free shares of {symbol} to sell")
+    request = OrderRequest(symbol, Side.SELL, OrderType.MARKET, TimeInForce.DAY, qty=qty)
+    view = symbol_view(quotes.redis, symbol, clock())
+    try:
+        order = ledger.place(principal.account_id, request, place(request, view.market))
+    except (OrderRefused, LedgerError) as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    assert not isinstance(order, Replay)
+    return order_out(order)
