@@ -13,7 +13,8 @@ REPEATABLE READ snapshot and asserts:
   `_transfer` moves both to the new order on confirmation. So for such a pair the old
   one holds full(old) and the two together hold max(full(old), full(new));
 - a replaced order names its replacement (replaced_by), which names it back (replaces);
-  a pending_replace order names an order that replaces it.
+  a pending_replace order names an order that replaces it;
+- the account's events are numbered 1..accounts.event_seq, each once (no holes).
 """
 
 from __future__ import annotations
@@ -128,9 +129,17 @@ def check_invariants(pool: ConnectionPool, account_id: UUID) -> dict[str, Any]:
         executions = conn.execute(
             "SELECT count(*) FROM executions WHERE account_id = %s", (account_id,)
         ).fetchone()[0]
+        # Account events (migration 0004): numbered 1..event_seq, no holes, no duplicates.
+        events = conn.execute(
+            "SELECT a.event_seq, count(e.seq), COALESCE(max(e.seq), 0), "
+            "COALESCE(min(e.seq), 1) FROM accounts a LEFT JOIN account_events e "
+            "ON e.account_id = a.id WHERE a.id = %s GROUP BY a.event_seq",
+            (account_id,),
+        ).fetchone()
 
     cash, reserved_cash, buying_power = acc
     where = f"account {account_id}"
+    assert events[0] == events[1] == events[2] and events[3] == 1, f"{where}: events {events}"
     assert cash >= 0, f"{where}: cash {cash} < 0"
     assert 0 <= reserved_cash <= cash, f"{where}: reserved {reserved_cash}, cash {cash}"
     assert buying_power == cash - reserved_cash

@@ -404,3 +404,24 @@ def test_the_sink_retries_an_apply_that_deadlocked(
     sink.apply(answer("acknowledged", order))
     assert len(calls) == 2 and acct.seqs() == [1]
     assert env.ledger.get(acct.id, order).status == "new"
+
+
+def test_after_losing_redis_the_hub_reads_what_it_may_have_missed(
+    env: LedgerEnv, server: StreamServer, sink: _LedgerPartition
+) -> None:
+    acct = Account(env)
+    order = acct.buy("10")
+    with client(server.url, acct.token) as ws:
+        subscribe(ws)
+        sink.apply(answer("acknowledged", order))
+        wait_updates(ws, 1)
+        env.ledger.apply(fill(order, "2", "99.00"))  # as if published while the hub was away
+        hub = server.app.state.stream_hub.result()
+        [victim] = [c for c in server.redis.client_list() if c["name"] == hub.name]
+        server.redis.client_kill_filter(_id=victim["id"])
+        assert [u["seq"] for u in wait_updates(ws, 2)] == [1, 2]
+        sink.apply(fill(order, "8", "99.00"))  # and live again
+        assert [u["event"] for u in wait_updates(ws, 3)] == ["new", "partial_fill", "fill"]
+        ws.drain(0.3)
+        assert len(updates(ws.events)) == 3
+        check_sequence(ws.events)

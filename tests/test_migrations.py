@@ -216,3 +216,28 @@ def test_the_ledger_schema_refuses_impossible_money(empty_db: Settings):
         conn.execute(order, (account_id, "ok", 1, None, 0, "new", 5))
         with pytest.raises(errors.UniqueViolation):  # client_order_id unique per account
             conn.execute(order, (account_id, "ok", 1, None, 0, "new", 5))
+
+
+def test_0004_account_events_and_the_relay_index(empty_db: Settings):
+    migrate(empty_db)
+    with psycopg.connect(empty_db.postgres, autocommit=True) as conn:
+        index = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'outbox_unsent_topic'"
+        ).fetchone()
+        assert index is not None and "(topic, id)" in index[0] and "sent_at IS NULL" in index[0]
+        user_id = conn.execute(
+            "INSERT INTO users (email, name) VALUES ('a@b.c', 'A') RETURNING id"
+        ).fetchone()[0]
+        account_id, seq = conn.execute(
+            "INSERT INTO accounts (user_id, account_number) VALUES (%s, '1') "
+            "RETURNING id, event_seq",
+            (user_id,),
+        ).fetchone()
+        assert seq == 0
+        row = "INSERT INTO account_events (account_id, seq, event, at, payload) "
+        conn.execute(row + "VALUES (%s, 1, 'new', now(), '{}')", (account_id,))
+        with pytest.raises(errors.UniqueViolation):  # one event per (account, seq)
+            conn.execute(row + "VALUES (%s, 1, 'fill', now(), '{}')", (account_id,))
+    downgrade(empty_db, "0003")
+    assert "account_events" not in columns(empty_db)
+    assert "event_seq" not in columns(empty_db)["accounts"]
