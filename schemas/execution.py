@@ -275,6 +275,7 @@ class SymbolDesk:
     opening_seen_ns: int = 0  # open of the session whose first venue quote was seen
     window: Window = field(default_factory=lambda: Window("closed", 0))
     opening: bool = False  # while the opening quote is being worked (opg orders)
+    event_ns: int = 0  # while a market event is taken: its time (fills are stamped with it)
 
     def __setstate__(self, state: Any) -> None:
         _restore(self, state)
@@ -302,6 +303,19 @@ class SymbolDesk:
     def on_market(self, event: dict[str, Any]) -> list[Answer]:
         """One decoded md.quotes / md.trades / md.status event of this symbol."""
         event_ns = int(event["event_ns"])
+        self.event_ns = event_ns
+        try:
+            return self._take(event, event_ns)
+        finally:
+            self.event_ns = 0
+
+    def _now(self) -> int:
+        """The time of what the desk is taking: the market event's own time (quotes,
+        trades and states come on separate topics, so one may arrive after the clock
+        moved past it), else the feed clock."""
+        return self.event_ns or self.clock_ns
+
+    def _take(self, event: dict[str, Any], event_ns: int) -> list[Answer]:
         answers = self._advance(event_ns)
         kind = event.get("kind")
         opening = False
@@ -426,7 +440,7 @@ class SymbolDesk:
             w.mark = self.last_price
         self._set_expiry(w)
         if w.tif == "opg" and self._past_opening():
-            return self._end(w, "expired", self.clock_ns)
+            return self._end(w, "expired", self._now())
         return self._work(w)
 
     def _reject_unreadable(
@@ -587,17 +601,17 @@ class SymbolDesk:
             if not immediate:
                 return []
             reason = "ioc remainder" if w.tif == "ioc" else "fok not fillable"
-            return self._end(w, "canceled", self.clock_ns, reason=reason)
+            return self._end(w, "canceled", self._now(), reason=reason)
         if immediate and not self._live():
             return []  # decided once some venue quotes in this session
         plan = self._plan(w)
         if w.tif == "fok" and not self._completes(w, plan):
-            return self._end(w, "canceled", self.clock_ns, reason="fok not fillable")
+            return self._end(w, "canceled", self._now(), reason="fok not fillable")
         answers = self._commit(w, plan)
         if str(w.order.id) not in self.orders:
             return answers  # filled
         if w.tif == "ioc":
-            answers += self._end(w, "canceled", self.clock_ns, reason="ioc remainder")
+            answers += self._end(w, "canceled", self._now(), reason="ioc remainder")
         return answers
 
     def _live(self) -> bool:
@@ -698,7 +712,7 @@ class SymbolDesk:
                 {
                     "event_id": exec_id,
                     "kind": "fill",
-                    "at": self.clock_ns,
+                    "at": self._now(),
                     "order_id": str(w.order.id),
                     "account_id": str(w.order.account_id),
                     "symbol": self.symbol,

@@ -626,3 +626,15 @@ def test_held_orders_released_by_the_opening_quote_meet_that_quote():
     answers = desk.on_market(quote("iex", "9.90", 100, "9.98", 100, ns(14, 30) + 1))
     assert kinds(answers) == ["acknowledged", "fill"]
     assert fills(answers) == [("iex", "10.000000", "9.9800")]  # not the pre-market 9.95
+
+
+def test_a_fill_is_stamped_with_the_time_of_the_quote_it_took_even_behind_the_clock():
+    """Quotes and trades come on separate topics: a trade may move the clock before an
+    earlier quote arrives. The fill keeps that quote's time."""
+    desk = desk_at(iex=("9.90", 100, "10.05", 100))
+    o = buy(limit_price=D("10.00"))
+    desk.on_order_message(new_msg(o, 1))
+    desk.on_market(trade("10.04", NOON + 50))
+    answers = desk.on_market(quote("nasdaq", "9.90", 100, "9.99", 100, NOON + 20))
+    assert [(a["kind"], a["at"]) for a in answers] == [("fill", NOON + 20)]
+    assert desk.clock_ns == NOON + 50 and desk.event_ns == 0
