@@ -1,0 +1,278 @@
+"""Order-to-fill benchmark: POST /v1/orders -> ledger -> relay -> execution flow ->
+oms.executions -> ledger flow -> trade_update on WS /v1/stream.
+
+    .venv/bin/python -m bench.fills [--rates 250,500,1000] [--seconds 10] [--runs 3]
+                                    [--accounts 50] [--split]
+
+Needs the services (`tapeflow up`) and Go (bench/wsload/fillload is built on first use).
+Each run gets a fresh, isolated pipeline (bench.harness: its own topic namespace, Redis
+database, home and API port) started with `tapeflow run` (`--split`: the flows that
+need no chDB in processes of their own), its market clock set into a regular session
+(TAPEFLOW_CLOCK_START), the symbols' security directory entries in Redis, and a feed of
+venue quotes (500 a second, deep displayed size, event times in the same session) into
+md.raw.nasdaq, so every market order is marketable at once.
+
+The load (one Go process) opens one WebSocket per account subscribed to trade_updates,
+then posts 1-share market buys at a fixed total rate (open loop) round-robin over the
+accounts and symbols. Latency of an order = the wall time its first fill event was parsed
+from the account's WebSocket - the wall time the API's 200 answer (the durable
+acknowledgement) was read; fills/s = orders filled in the window / the window. The
+target (issue 5): p99 under 100 ms at 1,000 orders/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import redis
+from confluent_kafka import Producer
+
+from bench import harness
+from bench.harness import BenchPipeline, CpuBook, cores_between, service_pids, wait_quiet
+from bench.machine import machine_lines, median
+from bench.orders import _postgres_pids
+from bench.stream_run import _descendants
+from infra import accounts, api_keys, db, services
+from infra.ledger import Ledger
+from infra.quote_store import QuoteStore
+from infra.settings import Settings
+from infra.topics import Topics
+from schemas.marketdata import Security
+
+TARGET_RATE = 1000
+TARGET_P99_MS = 100.0
+SESSION_START = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)  # 10:00 New York, a Tuesday
+SYMBOLS = [f"FL{i:02d}" for i in range(20)]
+FILLLOAD_SRC = harness.ROOT / "bench" / "wsload"
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def build_fillload(out_dir: Path) -> Path:
+    binary = out_dir / "fillload"
+    src = FILLLOAD_SRC / "fillload"
+    newest = max(p.stat().st_mtime for p in src.iterdir())
+    if not binary.exists() or binary.stat().st_mtime < newest:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["go", "build", "-o", str(binary), "./fillload"], cwd=FILLLOAD_SRC, check=True
+        )
+    return binary
+
+
+class QuoteFeed(threading.Thread):
+    """Venue quotes for every symbol, `rate` a second, in the session's feed time."""
+
+    def __init__(self, bootstrap: str, topic: str, rate: float = 500.0) -> None:
+        super().__init__(daemon=True)
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
+        self.topic, self.rate = topic, rate
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        t0, n = time.monotonic(), 0
+        while not self.stop.is_set():
+            symbol = SYMBOLS[n % len(SYMBOLS)]
+            at = SESSION_START + timedelta(seconds=time.monotonic() - t0)
+            stamp = at.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+            line = (
+                f'{{"T":"q","S":"{symbol}","bx":"Q","bp":"99.9900","bs":100000,'
+                f'"ax":"Q","ap":"100.0100","as":100000,"t":"{stamp}"}}'
+            )
+            self.producer.produce(self.topic, key=symbol.encode(), value=line.encode())
+            self.producer.poll(0)
+            n += 1
+            due = t0 + n / self.rate
+            if (wait := due - time.monotonic()) > 0:
+                time.sleep(wait)
+        self.producer.flush(10)
+
+
+@dataclass
+class Result:
+    rate: int
+    acked: int
+    filled: int
+    latencies_ms: np.ndarray
+    window_s: float
+    cpu: dict[str, float]
+
+
+def _accounts(base: Settings, n: int) -> list[str]:
+    pool = db.pool(base.postgres)
+    ledger = Ledger(pool, Topics())
+    tokens = []
+    for _ in range(n):
+        user, account = accounts.create_user(pool, f"fills-{time.time_ns()}@bench.local", "Bench")
+        _, token = api_keys.create_key(pool, user.id, "bench", rate_limit_per_minute=100_000_000)
+        ledger.deposit(account.id, Decimal("1000000000"))
+        tokens.append(str(token))
+    return tokens
+
+
+def _primed(pipe: BenchPipeline, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = pipe.redis.pipeline(transaction=False)
+        for s in SYMBOLS:
+            r.hexists(f"quote:{s}", "NBBO")
+        if all(r.execute()):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the feed's quotes never reached Redis")
+
+
+def run_once(base: Settings, args: argparse.Namespace, rate: int, load: Path) -> Result:
+    harness.RUN_ARGS[:] = ["--split"] if args.split else []
+    pipe = BenchPipeline(base)
+    pipe.env["TAPEFLOW_CLOCK_START"] = SESSION_START.isoformat().replace("+00:00", "Z")
+    feed = QuoteFeed(pipe.settings.bootstrap, pipe.topics.raw("nasdaq"))
+    try:
+        QuoteStore(pipe.settings.redis).apply(
+            [Security(s, "iex", 100, False, 1, 1) for s in SYMBOLS]
+        )
+        tokens = _accounts(base, args.accounts)
+        token_file = pipe.home / "tokens.txt"
+        token_file.write_text("\n".join(tokens))
+        pipe.start()
+        pipe.wait_healthy()
+        feed.start()
+        _primed(pipe)
+        pids = {
+            "pipeline": _descendants(pipe.pid),
+            "postgres": _postgres_pids(),
+            **service_pids(base),
+        }
+        wait_quiet(pids, 0.6, args.quiet_timeout)  # the feed itself keeps some load
+        proc = subprocess.Popen(
+            [
+                str(load),
+                "-api",
+                pipe.url,
+                "-ws",
+                pipe.url.replace("http", "ws", 1) + "/v1/stream",
+                "-tokens",
+                str(token_file),
+                "-rate",
+                str(rate),
+                "-seconds",
+                str(args.seconds),
+                "-symbols",
+                ",".join(SYMBOLS),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"fillload did not start: {proc.stderr.read().decode()[-2000:]}")
+        pids["load"] = [proc.pid]
+        before = CpuBook.take(pids)
+        out, _ = proc.communicate(timeout=args.seconds + 120)
+        after = CpuBook.take(pids)
+        rows = [line.split() for line in out.decode().splitlines() if line.strip()]
+        acked = [r for r in rows if r[3] == "200"]
+        lat = np.sort(
+            np.array([(int(r[2]) - int(r[1])) / 1e6 for r in acked if r[2] != "0"], dtype=float)
+        )
+        return Result(
+            rate=rate,
+            acked=len(acked),
+            filled=len(lat),
+            latencies_ms=lat,
+            window_s=args.seconds,
+            cpu=cores_between(before, after),
+        )
+    finally:
+        feed.stop.set()
+        pipe.close()
+
+
+def pct(lat: np.ndarray, q: float) -> float:
+    if not len(lat):
+        return math.nan
+    k = max(1, math.ceil(q / 100 * len(lat)))
+    return float(lat[min(k, len(lat)) - 1])
+
+
+HEADER = (
+    f"{'rate':>6} {'acked':>7} {'filled':>7} {'fills/s':>8} {'p50':>7} {'p90':>7} {'p99':>7}"
+    f" {'max':>8} | {'pipe':>5} {'pg':>5} {'k+r':>5} {'load':>5} {'all':>5}"
+)
+
+
+def row(r: Result) -> str:
+    c = r.cpu
+    return (
+        f"{r.rate:>6} {r.acked:>7,} {r.filled:>7,} {r.filled / r.window_s:>8,.0f}"
+        f" {pct(r.latencies_ms, 50):>7.1f} {pct(r.latencies_ms, 90):>7.1f}"
+        f" {pct(r.latencies_ms, 99):>7.1f} {pct(r.latencies_ms, 100):>8.1f}"
+        f" | {c.get('pipeline', math.nan):>5.2f} {c.get('postgres', math.nan):>5.2f}"
+        f" {c.get('kafka', 0) + c.get('redis', 0):>5.2f} {c.get('load', math.nan):>5.2f}"
+        f" {c.get('machine', math.nan):>5.2f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.fills", description=__doc__.split("\n")[0])
+    p.add_argument("--rates", default="250,500,1000")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--accounts", type=int, default=50)
+    p.add_argument("--split", action="store_true", help="tapeflow run --split")
+    p.add_argument("--quiet-timeout", type=float, default=60.0)
+    args = p.parse_args(argv)
+    base = Settings()
+    bad = [s.name for s in services.up(base) if not s.healthy]
+    if bad:
+        say(f"services not healthy: {', '.join(bad)} (run `tapeflow up`)")
+        return 2
+    db.migrate(base)
+    load = build_fillload(base.home.resolve() / "bin")
+    server = redis.Redis(host="127.0.0.1", port=base.redis_port).info("server")["redis_version"]
+    say("Tapeflow order-to-fill benchmark")
+    say("\n".join(["", *machine_lines(str(server))]))
+    say(f"pipeline    tapeflow run{' --split' if args.split else ''}; {args.accounts} accounts")
+    say(f"window      {args.seconds:g} s of orders per run, {args.runs} runs per rate")
+    say("")
+    say(HEADER)
+    summary = []
+    for rate in [int(x) for x in args.rates.split(",")]:
+        results = [run_once(base, args, rate, load) for _ in range(args.runs)]
+        for r in results:
+            say(row(r))
+        summary.append((rate, results))
+    say("")
+    say("median [min .. max] over runs")
+    for rate, results in summary:
+        p99 = [pct(r.latencies_ms, 99) for r in results]
+        p50 = [pct(r.latencies_ms, 50) for r in results]
+        fills = [r.filled / r.window_s for r in results]
+        missing = sum(r.acked - r.filled for r in results)
+        say(
+            f"  {rate:>5}/s: fills/s {median(fills):,.0f} [{min(fills):,.0f} .. {max(fills):,.0f}],"
+            f" p50 {median(p50):.1f} ms, p99 {median(p99):.1f} [{min(p99):.1f} .. {max(p99):.1f}]"
+            f" ms; acknowledged but not filled within the drain: {missing}"
+        )
+    at_target = [s for s in summary if s[0] == TARGET_RATE]
+    if at_target:
+        p99 = median([pct(r.latencies_ms, 99) for r in at_target[0][1]])
+        verdict = "met" if p99 < TARGET_P99_MS else "missed"
+        say(f"target p99 < {TARGET_P99_MS:.0f} ms at {TARGET_RATE:,} orders/s: {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
