@@ -103,6 +103,8 @@ _NY = ZoneInfo(NEW_YORK)
 _REQUIRED = ("id", "account_id", "symbol", "side", "type", "time_in_force", "status")
 ZERO = Decimal(0)
 CENT = Decimal("0.01")
+_NEVER = 2**63
+_IMMEDIATE = frozenset({"ioc", "fok"})
 STOP_TYPES = frozenset({"stop", "stop_limit", "trailing_stop"})
 
 
@@ -221,12 +223,20 @@ class Working:
     mark: Decimal | None = None  # trailing stops: the high (sell) / low (buy) water mark
     expires_ns: int | None = None  # day/opg/cls/ioc/fok: set once the clock is known
     took: dict[str, int] = field(default_factory=dict)  # venue -> quote seq it took from
+    is_buy: bool = True  # cached: the side, and the price it may not fill through
+    bound: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        self.is_buy = self.order.side == "buy"
+        self.bound = self.cap() if self.is_buy else self.limit
 
     def __setstate__(self, state: Any) -> None:
         values = _restore(self, state)
         if "triggered" not in values:  # from before triggers: a stop is not triggered yet
             self.triggered = self.order.type not in STOP_TYPES
             self.mark = self.order.hwm
+        if "bound" not in values:
+            self.__post_init__()
 
     @property
     def held(self) -> bool:
@@ -276,9 +286,13 @@ class SymbolDesk:
     window: Window = field(default_factory=lambda: Window("closed", 0))
     opening: bool = False  # while the opening quote is being worked (opg orders)
     event_ns: int = 0  # while a market event is taken: its time (fills are stamped with it)
+    holding: bool = False  # some order is held for the open
+    wake_ns: int = 0  # no order expires before this (expiries are looked at from here)
 
     def __setstate__(self, state: Any) -> None:
-        _restore(self, state)
+        values = _restore(self, state)
+        if "holding" not in values:
+            self.holding = any(w.held for w in self.orders.values())
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -358,6 +372,7 @@ class SymbolDesk:
         working.filled_qty = order.filled_qty
         self.orders[key] = working
         if order.status == OrderStatus.ACCEPTED and self._open_ns() is None:
+            self.holding = True
             return []  # held until the clock enters the regular session
         return [self._answer("acknowledged", event_id, msg["at"], order), *self._activate(working)]
 
@@ -485,23 +500,31 @@ class SymbolDesk:
 
     def _clock_moved(self) -> list[Answer]:
         """Expiries that the clock passed (before the event at that time is taken)."""
+        if self.clock_ns < self.wake_ns:
+            return []
         answers: list[Answer] = []
+        self.wake_ns = _NEVER
         for w in list(self.orders.values()):
             if w.expires_ns is None and w.acknowledged:
                 self._set_expiry(w)
             if w.expires_ns is not None and self.clock_ns >= w.expires_ns:
                 answers += self._end(w, "expired", w.expires_ns)
+            elif w.expires_ns is not None:
+                self.wake_ns = min(self.wake_ns, w.expires_ns)
+            elif w.acknowledged and w.tif != "gtc":
+                self.wake_ns = 0  # no clock yet to set its expiry by
         return answers
 
     def _release(self) -> list[Answer]:
         """Held orders are acknowledged, and start working, once the clock is in a
         regular session (`at` = its open)."""
-        if not any(w.held for w in self.orders.values()):
+        if not self.holding:
             return []
         answers: list[Answer] = []
         open_ns = self._open_ns()
         if open_ns is None:
             return answers
+        self.holding = False
         for w in list(self.orders.values()):
             if w.held:
                 answers.append(self._answer("acknowledged", w.event_id, open_ns, w.order))
@@ -512,6 +535,7 @@ class SymbolDesk:
         if w.tif == "gtc" or w.expires_ns is not None or self.clock_ns == 0:
             return
         w.expires_ns = expiry_ns(self.clock_ns, extended=w.order.extended_hours)
+        self.wake_ns = min(self.wake_ns, w.expires_ns)
 
     def _expire_opg(self, at: int) -> list[Answer]:
         answers: list[Answer] = []
@@ -573,10 +597,43 @@ class SymbolDesk:
     # -- filling ------------------------------------------------------------------------
 
     def _work_all(self) -> list[Answer]:
+        """Work every open order. A resting order that the best fresh price of any venue
+        does not reach is skipped before planning: no venue could fill it (this keeps a
+        quote's cost low for a symbol with many resting orders)."""
         answers: list[Answer] = []
+        best: tuple[Decimal | None, Decimal | None] | None = None
         for w in list(self.orders.values()):
-            answers += self._work(w)
+            if not w.acknowledged or not w.triggered:
+                continue
+            if w.order.time_in_force not in _IMMEDIATE:
+                if best is None:
+                    best = self._best()
+                price = best[0] if w.is_buy else best[1]
+                if price is None:
+                    continue
+                limit = w.bound
+                if limit is not None and (price > limit if w.is_buy else price < limit):
+                    continue
+            out = self._work(w)
+            if out:
+                answers += out
+                best = None  # sizes were taken
         return answers
+
+    def _best(self) -> tuple[Decimal | None, Decimal | None]:
+        """(lowest ask, highest bid) of the venues quoting in this session segment with
+        size left."""
+        self._session()
+        fresh_from = self.window.start_ns
+        ask = bid = None
+        for v in self.venues.values():
+            if v.seq < fresh_from:
+                continue
+            if v.ask > 0 and v.ask_size > v.ask_taken and (ask is None or v.ask < ask):
+                ask = v.ask
+            if v.bid > 0 and v.bid_size > v.bid_taken and (bid is None or v.bid > bid):
+                bid = v.bid
+        return ask, bid
 
     def _in_session(self, w: Working) -> bool:
         """Whether the order may trade now, halts aside."""
