@@ -6,6 +6,7 @@ client that comes back with `since` gets exactly what it missed, then live event
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal as D
@@ -425,3 +426,31 @@ def test_after_losing_redis_the_hub_reads_what_it_may_have_missed(
         ws.drain(0.3)
         assert len(updates(ws.events)) == 3
         check_sequence(ws.events)
+
+
+def test_two_connections_of_one_account_share_the_channel(
+    env: LedgerEnv, server: StreamServer, sink: _LedgerPartition
+) -> None:
+    acct = Account(env)
+    order = acct.buy("10")
+    channel = f"account:{acct.id}".encode()
+    with client(server.url, acct.token) as one, client(server.url, acct.token) as two:
+        subscribe(one)
+        subscribe(two)
+        hub = server.app.state.stream_hub.result()
+        assert len(hub.account_feeds[channel]) == 2
+        sink.apply(answer("acknowledged", order))
+        assert [u["seq"] for u in wait_updates(one, 1)] == [1]
+        assert [u["seq"] for u in wait_updates(two, 1)] == [1]
+        one.send({"action": "unsubscribe", "trade_updates": True})
+        one.until(lambda e: e["T"] == "subscription")
+        assert server.redis.pubsub_numsub(channel) == [(channel, 1)]  # still held, once
+        sink.apply(fill(order, "10", "99.00"))
+        assert [u["event"] for u in wait_updates(two, 2)] == ["new", "fill"]
+        one.drain(0.3)
+        assert len(updates(one.events)) == 1
+    deadline = time.monotonic() + 5
+    while server.redis.pubsub_numsub(channel) != [(channel, 0)]:  # the last one left
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert channel not in hub.account_feeds
