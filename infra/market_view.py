@@ -21,8 +21,8 @@ from decimal import Decimal
 
 import orjson
 import redis
-import redis.asyncio
 
+from infra.aio_redis import LoopRedis, pairs
 from infra.settings import Settings
 from schemas.marketdata import NBBO_VENUE
 from schemas.orders import MarketView
@@ -67,7 +67,7 @@ def two_sided(raw: bytes | None) -> tuple[Decimal, Decimal] | None:
     return (bid, ask) if bid > 0 and ask > 0 else None
 
 
-def _queue_view(pipe: redis.client.Pipeline | redis.asyncio.client.Pipeline, symbol: str) -> None:
+def _queue_view(pipe: redis.client.Pipeline, symbol: str) -> None:
     pipe.sismember(SYMBOLS_KEY, symbol)
     pipe.hgetall(f"security:{symbol}")
     pipe.hgetall(f"status:{symbol}")
@@ -80,11 +80,15 @@ def symbol_view(client: redis.Redis, symbol: str, now: datetime) -> SymbolView:
     return _view(now, *pipe.execute())
 
 
-async def symbol_view_async(client: redis.asyncio.Redis, symbol: str, now: datetime) -> SymbolView:
-    """symbol_view on the running event loop (redis.asyncio): the same one round trip."""
-    pipe = client.pipeline(transaction=False)
-    _queue_view(pipe, symbol)
-    return _view(now, *await pipe.execute())
+async def symbol_view_async(client: LoopRedis, symbol: str, now: datetime) -> SymbolView:
+    """symbol_view on the running event loop (infra/aio_redis.py): the same round trip."""
+    known, securities, statuses, nbbo = await client.execute(
+        ("SISMEMBER", SYMBOLS_KEY, symbol),
+        ("HGETALL", f"security:{symbol}"),
+        ("HGETALL", f"status:{symbol}"),
+        ("HGET", f"quote:{symbol}", NBBO_VENUE),
+    )
+    return _view(now, known, pairs(securities), pairs(statuses), nbbo)
 
 
 def _view(

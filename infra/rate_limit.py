@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import redis
 
-from infra.aio_redis import PerLoopRedis
+from infra.aio_redis import LoopRedis, Script
 
 # KEYS[1] bucket; ARGV[1] emission interval T (µs, 60 s / L); ARGV[2] capacity L.
 # Times are µs since the epoch (~1.8e15 < 2^53: exact in Lua's doubles); '%.0f' keeps
@@ -49,8 +49,8 @@ class RateLimiter:
         self.redis = redis.Redis.from_url(url)
         self.prefix = prefix
         self._script = self.redis.register_script(_GCRA)
-        self._aio = PerLoopRedis(url)
-        self._aio_scripts: dict[int, object] = {}
+        self._aio = LoopRedis(url)
+        self._aio_script = Script(_GCRA)
 
     def hit(self, key: str, per_minute: int) -> Decision:
         """Count one request against `key`'s budget of `per_minute`."""
@@ -61,14 +61,10 @@ class RateLimiter:
         return self._decision(allowed, remaining, wait_us)
 
     async def ahit(self, key: str, per_minute: int) -> Decision:
-        """`hit` on the running event loop (redis.asyncio), for async routes."""
-        client = self._aio.client()
-        script = self._aio_scripts.get(id(client))
-        if script is None:
-            script = self._aio_scripts[id(client)] = client.register_script(_GCRA)
+        """`hit` on the running event loop (infra/aio_redis.py), for async routes."""
         interval_us = 60_000_000 / per_minute
-        allowed, remaining, wait_us = await script(  # type: ignore[operator]
-            keys=[self.prefix + key], args=[f"{interval_us:.0f}", per_minute]
+        allowed, remaining, wait_us = await self._aio.evalsha(
+            self._aio_script, [self.prefix + key], [f"{interval_us:.0f}", per_minute]
         )
         return self._decision(allowed, remaining, wait_us)
 

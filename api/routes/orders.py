@@ -25,7 +25,6 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import orjson
-import redis.asyncio
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -45,7 +44,7 @@ from api.errors import (
 )
 from api.models import CancelResultOut, OrderIn, OrderOut, ReplaceIn
 from infra import db
-from infra.aio_redis import PerLoopRedis
+from infra.aio_redis import LoopRedis
 from infra.ledger import Ledger, LedgerError, OrderNotFound, Replay, request_hash
 from infra.market_view import symbol_view, symbol_view_async
 from infra.order_batch import NewOrder, OrderBatcher
@@ -197,12 +196,12 @@ def _batcher(request: Request) -> OrderBatcher:
     return batcher
 
 
-def _aio_redis(request: Request) -> redis.asyncio.Redis:
+def _aio_redis(request: Request) -> LoopRedis:
     state = request.app.state
-    clients = getattr(state, "aio_redis", None)
-    if clients is None:
-        clients = state.aio_redis = PerLoopRedis(state.settings.redis)
-    return clients.client()
+    client = getattr(state, "aio_redis", None)
+    if client is None:
+        client = state.aio_redis = LoopRedis(state.settings.redis)
+    return client
 
 
 def _answer(response: Response, content: bytes, status: int = 200) -> Response:
