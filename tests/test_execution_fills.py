@@ -11,6 +11,8 @@ from uuid import UUID
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flows.execution import CLOCK, MARKET, ORDER, key_by_symbol, run_desk
 from schemas.execution import SymbolDesk, expiry_ns
@@ -638,3 +640,145 @@ def test_a_fill_is_stamped_with_the_time_of_the_quote_it_took_even_behind_the_cl
     answers = desk.on_market(quote("nasdaq", "9.90", 100, "9.99", 100, NOON + 20))
     assert [(a["kind"], a["at"]) for a in answers] == [("fill", NOON + 20)]
     assert desk.clock_ns == NOON + 50 and desk.event_ns == 0
+
+
+# -- properties over random sessions -----------------------------------------------------
+
+_PRICES = [D("9.97"), D("9.98"), D("9.99"), D("10.00"), D("10.01"), D("10.02"), D("10.03")]
+
+
+@st.composite
+def _sessions(draw) -> list[tuple]:
+    """A random session of venue quotes, trades, halts, orders and cancels."""
+    steps: list[tuple] = []
+    placed: list[int] = []
+    for n in range(draw(st.integers(5, 40))):
+        kind = draw(
+            st.sampled_from([*["quote"] * 4, "trade", "trade", "status", *["order"] * 3, "cancel"])
+        )
+        if kind == "quote":
+            bid = draw(st.sampled_from(_PRICES[:5]))
+            ask = draw(st.sampled_from([p for p in _PRICES if p > bid]))
+            venue = draw(st.sampled_from(["iex", "nasdaq", "arca"]))
+            steps.append(
+                ("quote", venue, bid, draw(st.integers(0, 300)), ask, draw(st.integers(1, 300)))
+            )
+        elif kind == "trade":
+            steps.append(("trade", draw(st.sampled_from(_PRICES)), draw(st.booleans())))
+        elif kind == "status":
+            steps.append(
+                (
+                    "status",
+                    draw(st.sampled_from(["iex", "nasdaq"])),
+                    draw(st.sampled_from(["trading", "trading", "halted"])),
+                )
+            )
+        elif kind == "order":
+            side = draw(st.sampled_from(["buy", "sell"]))
+            otype = draw(
+                st.sampled_from(["market", "limit", "stop", "stop_limit", "trailing_stop"])
+            )
+            tif = (
+                draw(st.sampled_from(["day", "gtc", "ioc", "fok"]))
+                if otype in ("market", "limit")
+                else "day"
+            )
+            steps.append(
+                (
+                    "order",
+                    n,
+                    side,
+                    otype,
+                    tif,
+                    D(draw(st.integers(1, 400))),
+                    draw(st.sampled_from(_PRICES)),
+                    draw(st.sampled_from(_PRICES)),
+                )
+            )
+            placed.append(n)
+        elif placed:
+            steps.append(("cancel", draw(st.sampled_from(placed))))
+    return steps
+
+
+def _order_of(step: tuple):
+    _, n, side, otype, tif, qty, limit, stop = step
+    fields = {"id": UUID(int=n + 1), "side": side, "type": otype, "time_in_force": tif, "qty": qty}
+    fields["limit_price"] = limit if otype in ("limit", "stop_limit") else None
+    fields["stop_price"] = stop if otype in ("stop", "stop_limit") else None
+    fields["trail_price"] = D("0.02") if otype == "trailing_stop" else None
+    fields["reserve_price"] = (
+        (limit if otype in ("limit", "stop_limit") else D("10.02")) if side == "buy" else None
+    )
+    return order(**fields)
+
+
+def _play(desk: SymbolDesk, steps: list[tuple], start: int = 0) -> list[tuple[int, list[dict]]]:
+    out = []
+    for i, step in enumerate(steps[start:], start=start):
+        at = NOON + (i + 1) * MS
+        if step[0] == "quote":
+            _, venue, bid, bs, ask, asz = step
+            answers = desk.on_market(quote(venue, str(bid), bs, str(ask), asz, at))
+        elif step[0] == "trade":
+            answers = desk.on_market(trade(str(step[1]), at, ("@",) if step[2] else ("I",)))
+        elif step[0] == "status":
+            answers = desk.on_market(status(step[1], step[2], at))
+        elif step[0] == "order":
+            answers = desk.on_order_message(new_msg(_order_of(step), i, at=at))
+        else:
+            answers = desk.on_order_message(cancel_msg(order(id=UUID(int=step[1] + 1)), i, at=at))
+        out.append((i, answers))
+    return out
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(_sessions(), st.integers(0, 40))
+def test_random_sessions_keep_the_fill_invariants_and_replay_alike(steps, cut):
+    desk = desk_at()
+    played = _play(desk, steps)
+    orders = {str(_order_of(s).id): _order_of(s) for s in steps if s[0] == "order"}
+    books: dict[str, tuple] = {}
+    taken: dict[tuple[str, int, str], D] = {}
+    filled: dict[str, D] = {}
+    halted: set[str] = set()
+    ids: list[str] = []
+    ended: set[str] = set()
+    for i, answers in played:
+        step = steps[i]
+        if step[0] == "quote":
+            books[step[1]] = (step[2], step[3], step[4], step[5], i)
+        elif step[0] == "status":
+            (halted.add if step[2] == "halted" else halted.discard)(step[1])
+        for a in answers:
+            oid = a["order_id"]
+            if a["kind"] == "cancel_rejected":
+                continue  # a cancel of an order no longer open
+            assert oid not in ended, "an answer after the order ended"
+            if a["kind"] in ("canceled", "expired"):
+                ended.add(oid)
+            if a["kind"] != "fill":
+                continue
+            assert not halted, "a fill while halted"
+            o, qty, price, venue = orders[oid], D(a["qty"]), D(a["price"]), a["venue"]
+            ids.append(a["exec_id"])
+            bid, bs, ask, asz, seq = books[venue]
+            side = "ask" if o.side == "buy" else "bid"
+            assert price == (ask if o.side == "buy" else bid)  # at the venue's own quote
+            key = (venue, seq, side)
+            taken[key] = taken.get(key, D(0)) + qty
+            assert taken[key] <= (asz if o.side == "buy" else bs), "more than displayed"
+            if o.side == "buy":
+                assert price <= o.reserve_price
+            elif o.limit_price is not None and o.type in ("limit", "stop_limit"):
+                assert price >= o.limit_price
+            filled[oid] = filled.get(oid, D(0)) + qty
+            assert filled[oid] <= o.qty, "overfilled"
+            if filled[oid] == o.qty:
+                ended.add(oid)
+    assert len(ids) == len(set(ids))
+    # the same inputs give the same answers, also from a snapshot taken at any step
+    again = desk_at()
+    head = _play(again, steps[: min(cut, len(steps))])
+    restored = pickle.loads(pickle.dumps(again))
+    assert head + _play(restored, steps, min(cut, len(steps))) == played
