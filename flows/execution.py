@@ -8,8 +8,8 @@ answers go back to the ledger.
 
 The desk (schemas/execution.py) holds the symbol's open orders, the venues' quotes,
 trading states and the feed's clock, and fills by the fill model (schemas/fill_model.py,
-from TAPEFLOW_FILL_* settings);
-Bytewax recovery snapshots it with the source offsets, so after a crash the flow resumes
+from TAPEFLOW_FILL_* settings). Bytewax recovery snapshots it with the source offsets,
+so after a crash the flow resumes
 from a consistent pair and repeats the answers since then with the same event ids (the
 ledger applies each once). Venue quotes, trades and trading states reach the desk whole
 (decoded JSON); everything else (NBBO quotes, breaks, directory and system events) only
