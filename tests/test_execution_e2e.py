@@ -148,3 +148,59 @@ def test_resting_limit_buys_fill_against_a_replayed_feed(services, pipeline: Pip
     account_now = api.get("/v1/account").json()
     assert Decimal(account_now["cash"]) == Decimal("9352.10")
     assert Decimal(account_now["reserved_cash"]) == Decimal("99.00")
+
+
+def test_a_resting_gtc_order_survives_a_crash_and_fills_after_it(
+    services, pipeline: Pipeline, tmp_path
+):
+    """The desk's open orders live in Bytewax recovery (or are rebuilt from oms.orders
+    since the last snapshot): after a SIGKILL the order still fills, exactly once."""
+    pipeline.env["TAPEFLOW_CLOCK_START"] = "2026-11-24T15:00:00Z"
+    symbol, ns = "XGTC", time.time_ns()
+    QuoteStore(pipeline.settings.redis).apply(
+        [
+            Security(symbol, "nasdaq", 100, False, ns, ns),
+            Quote(symbol, NBBO_VENUE, Decimal("20.10"), 100, Decimal("20.20"), 100, ns, ns, ns),
+        ]
+    )
+    _, account, token = new_user(services, rate_limit=10_000)
+    pool = db.pool(services.postgres)
+    Ledger(pool, pipeline.topics).deposit(account.id, Decimal("1000"))
+    pipeline.start()
+    api = httpx.Client(
+        base_url=pipeline.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    body = {
+        "symbol": symbol,
+        "side": "buy",
+        "type": "limit",
+        "time_in_force": "gtc",
+        "qty": "5",
+        "limit_price": "20.00",
+    }
+    order_id = api.post("/v1/orders", json=body).json()["id"]
+    until(lambda: api.get(f"/v1/orders/{order_id}").json()["status"] == "new")
+    time.sleep(2.5)  # most likely in a snapshot by now; either way it is rebuilt
+    pipeline.kill()
+    pipeline.start()
+    api = httpx.Client(
+        base_url=pipeline.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    feed = tmp_path / "gtc.jsonl"
+    feed.write_text(
+        f'{{"T":"q","S":"{symbol}","bp":"19.90","bs":100,"ap":"19.99","as":10,'
+        f'"t":"2026-11-24T15:00:01Z"}}\n'
+    )
+    replay(
+        feed, "nasdaq", pipeline.settings.bootstrap, speed=None, topic=pipeline.topics.raw("nasdaq")
+    )
+    until(lambda: api.get(f"/v1/orders/{order_id}").json()["status"] == "filled")
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT id, qty, price, venue FROM executions WHERE order_id = %s", (order_id,)
+        ).fetchall()
+        cash = conn.execute(
+            "SELECT cash, reserved_cash FROM accounts WHERE id = %s", (account.id,)
+        ).fetchone()
+    assert rows == [(f"fill:{order_id}:1", Decimal("5"), Decimal("19.9900"), "nasdaq")]
+    assert cash == (Decimal("1000") - Decimal("99.95"), Decimal("0"))
