@@ -42,6 +42,7 @@ log = logging.getLogger("tapeflow.ledger")
 
 Event = dict[str, Any]
 REQUIRED = ("event_id", "kind", "at", "order_id")
+MAX_TRANSACTION = 500  # events per ledger transaction
 RETRIES = 5
 # Errors that say the event itself can never apply (no such order, malformed fields), as
 # opposed to the database being unreachable, which must stop the flow so it retries.
@@ -85,9 +86,38 @@ class _LedgerPartition(StatelessSinkPartition[list[Event]]):
         self._quiet_until = 0.0  # after a failed publish, skip publishing for a while
 
     def write_batch(self, items: list[list[Event]]) -> None:
-        for events in items:
-            for event in events:
-                self.apply(event)
+        events = [e for batch in items for e in batch]
+        for start in range(0, len(events), MAX_TRANSACTION):
+            self.apply_many(events[start : start + MAX_TRANSACTION])
+
+    def apply_many(self, events: list[Event]) -> None:
+        """A batch in one transaction (one commit for all: the ledger's group commit);
+        when one event can never apply, the batch goes again one event at a time, so
+        that event is skipped alone."""
+        for attempt in range(RETRIES):
+            try:
+                results = self.ledger.apply_batch(events)
+                break
+            except UNAPPLIABLE:
+                for event in events:
+                    self.apply(event)
+                return
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+                if attempt == RETRIES - 1:
+                    raise
+                log.info("a batch of %d events: %s; retrying", len(events), exc)
+                time.sleep(0.005 * (attempt + 1))
+        written = []
+        for result in results:
+            if result.outcome == "anomaly":
+                log.warning("execution event %s is an anomaly: %s", result.event_id, result.reason)
+            written += result.events
+        self._publish(written)
+
+    def _publish(self, written: list) -> None:
+        live = bool(written) and time.monotonic() >= self._quiet_until
+        if live and not account_events.publish(self.redis, written):
+            self._quiet_until = time.monotonic() + 1.0  # the log has them meanwhile
 
     def apply(self, event: Event) -> None:
         for attempt in range(RETRIES):
@@ -106,9 +136,7 @@ class _LedgerPartition(StatelessSinkPartition[list[Event]]):
                 time.sleep(0.005 * (attempt + 1))
         if result.outcome == "anomaly":
             log.warning("execution event %s is an anomaly: %s", result.event_id, result.reason)
-        live = bool(result.events) and time.monotonic() >= self._quiet_until
-        if live and not account_events.publish(self.redis, list(result.events)):
-            self._quiet_until = time.monotonic() + 1.0  # the log has them meanwhile
+        self._publish(list(result.events))
 
     def close(self) -> None:
         self.redis.close()

@@ -527,33 +527,44 @@ class Ledger:
 
     def apply(self, event: dict[str, Any]) -> Applied:
         """Apply one oms.executions answer or fill exactly once, by event id."""
+        return self.apply_batch([event])[0]
+
+    def apply_batch(self, events: list[dict[str, Any]]) -> list[Applied]:
+        """Apply events in order, in ONE transaction (one commit, one WAL flush, for the
+        whole batch): each under its own savepoint, so an anomaly or a refused fill is
+        recorded without undoing the others. Nothing is visible before the commit; a
+        failure (deadlock, database down) undoes the whole batch, which is safe to apply
+        again."""
+        with self.pool.connection() as conn, conn.transaction():
+            return [self._apply_one(conn, event) for event in events]
+
+    def _apply_one(self, conn: psycopg.Connection, event: dict[str, Any]) -> Applied:
         event_id = str(event["event_id"])
         order_id = UUID(str(event["order_id"]))
         kind = event["kind"]
         at = datetime.fromtimestamp(int(event["at"]) / 1e9, UTC)
-        with self.pool.connection() as conn:
-            try:
-                with conn.transaction():
-                    # Lock the order before recording the event: the foreign key of
-                    # applied_events would take a share lock first, and two answers for
-                    # one order upgrading theirs to FOR UPDATE deadlock.
-                    self._lock_any(conn, order_id)
-                    first = conn.execute(
-                        "INSERT INTO applied_events (id, order_id, kind) VALUES (%s, %s, %s) "
-                        "ON CONFLICT (id) DO NOTHING RETURNING id",
-                        (event_id, order_id, kind),
-                    ).fetchone()
-                    if first is None:
-                        return Applied(event_id, "duplicate")
-                    account_events.begin()
-                    try:
-                        self._apply(conn, event, order_id, kind, at)
-                    finally:
-                        noted = account_events.end()
-                    written = account_events.record(conn, noted, at)
-                    return Applied(event_id, "applied", events=tuple(written))
-            except (IllegalTransition, _Anomaly, FillRefused) as exc:
-                return self._anomaly(conn, event, order_id, kind, str(exc))
+        try:
+            with conn.transaction():
+                # Lock the order before recording the event: the foreign key of
+                # applied_events would take a share lock first, and two answers for
+                # one order upgrading theirs to FOR UPDATE deadlock.
+                self._lock_any(conn, order_id)
+                first = conn.execute(
+                    "INSERT INTO applied_events (id, order_id, kind) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (id) DO NOTHING RETURNING id",
+                    (event_id, order_id, kind),
+                ).fetchone()
+                if first is None:
+                    return Applied(event_id, "duplicate")
+                account_events.begin()
+                try:
+                    self._apply(conn, event, order_id, kind, at)
+                finally:
+                    noted = account_events.end()
+                written = account_events.record(conn, noted, at)
+                return Applied(event_id, "applied", events=tuple(written))
+        except (IllegalTransition, _Anomaly, FillRefused) as exc:
+            return self._anomaly(conn, event, order_id, kind, str(exc))
 
     def _apply(
         self, conn: psycopg.Connection, event: dict, order_id: UUID, kind: str, at: datetime

@@ -103,6 +103,12 @@ class _FakeLedger:
             raise self.outcome
         return self.outcome
 
+    def apply_batch(self, events: list[dict]) -> list[Applied]:
+        """One transaction: a failure undoes the whole batch (nothing seen)."""
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return [self.apply(e) for e in events]
+
 
 def _partition(ledger: _FakeLedger) -> _LedgerPartition:
     part = _LedgerPartition.__new__(_LedgerPartition)
