@@ -16,11 +16,14 @@ SENT_HEADER = "tapeflow-sent-ns"
 
 def producer(bootstrap: str, **extra: str) -> Producer:
     # Idempotent with acks=all: a retried send never lands twice in the raw topic.
+    # linger 5 ms, not 1: at 10,000 msgs/s the broker's CPU grows with the number of
+    # produce requests (and each one wakes the normalize flow's fetches); measured with
+    # one producer and one consumer, the broker used 20-45 % less CPU at 5 ms.
     config = {
         "bootstrap.servers": bootstrap,
         "enable.idempotence": "true",
         "acks": "all",
-        "linger.ms": "1",
+        "linger.ms": "5",
         "compression.type": "lz4",
         "queue.buffering.max.messages": "1000000",
     }
