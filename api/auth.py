@@ -181,7 +181,7 @@ async def authorized(
 
     Async, on the event loop: a sync dependency costs a hop to the thread pool, and under
     load those hops (with the GIL handoffs around them) were most of the order route's
-    CPU. The rate limit goes through redis.asyncio (RateLimiter.ahit); the PostgreSQL
+    CPU. The rate limit goes through infra/aio_redis.py (RateLimiter.ahit); the PostgreSQL
     read of a key not in this process's cache still runs in the thread pool.
     """
     principal = await authenticated(request, credentials)

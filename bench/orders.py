@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -268,6 +269,12 @@ def run_once(base: Settings, args: argparse.Namespace, clients: int, load: Path)
             in_pg = conn.execute(
                 "SELECT count(*) FROM orders WHERE account_id = ANY(%s)", ([a.id for a in made],)
             ).fetchone()[0]
+        if ((rows[:, 2] == 0) | (rows[:, 2] >= 500)).any():
+            kept = base.home.resolve() / "logs" / f"bench-orders-{time.time_ns()}"
+            kept.mkdir(parents=True, exist_ok=True)
+            for log in pipe.home.glob("*.log"):
+                shutil.copy(log, kept / log.name)
+            say(f"  errors: the server's logs are kept in {kept}")
         deadline = time.monotonic() + 30
         relayed = _relayed(pipe)
         while relayed < in_pg and time.monotonic() < deadline:

@@ -237,7 +237,7 @@ async def place_order(
     and answers 200 with the order once it is committed: `pending_new` (sent to the
     execution side) or `accepted` (held until the regular session opens)."""
     # Async, with every dependency async: no thread-pool hop on the way. Redis through
-    # redis.asyncio; the order joins the process's next group commit (infra/order_batch).
+    # infra/aio_redis.py; the order joins the process's next group commit (infra/order_batch).
     body = bodies.parse(raw, OrderIn)
     body = body.model_copy(update={"symbol": valid_symbol(body.symbol)})
     batcher = _batcher(http)
