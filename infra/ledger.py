@@ -34,6 +34,7 @@ from infra.topics import Topics
 from schemas.oms import ORDER_COLUMNS, Order, encode, now_ns, order_wire
 from schemas.order_states import (
     OPEN,
+    TERMINAL,
     IllegalTransition,
     OrderEvent,
     OrderStatus,
@@ -44,6 +45,18 @@ from schemas.orders import OrderRequest, Placement, Side, full_reservation
 
 OUTBOX_CHANNEL = "tapeflow_outbox"
 ZERO = Decimal(0)
+
+
+def _accounts_of(events: list[dict[str, Any]]) -> list[UUID]:
+    """The distinct account ids the events name, sorted (unreadable ones skipped: their
+    event locks its account when it applies, as before)."""
+    out: set[UUID] = set()
+    for event in events:
+        try:
+            out.add(UUID(str(event["account_id"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return sorted(out)
 
 
 class LedgerError(Exception):
@@ -534,8 +547,19 @@ class Ledger:
         whole batch): each under its own savepoint, so an anomaly or a refused fill is
         recorded without undoing the others. Nothing is visible before the commit; a
         failure (deadlock, database down) undoes the whole batch, which is safe to apply
-        again."""
+        again.
+
+        The accounts of a batch are locked first, in id order, as order placement locks
+        them (infra/order_batch.py sorts its batches by account): a batch that met them
+        in event order deadlocked with placements, and each deadlock cost PostgreSQL's
+        deadlock_timeout (1 s) before one side gave up and retried."""
+        accounts = _accounts_of(events)
         with self.pool.connection() as conn, conn.transaction():
+            if len(accounts) > 1:
+                conn.execute(
+                    "SELECT 1 FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                    (accounts,),
+                ).fetchall()
             return [self._apply_one(conn, event) for event in events]
 
     def _apply_one(self, conn: psycopg.Connection, event: dict[str, Any]) -> Applied:
@@ -598,7 +622,9 @@ class Ledger:
             self._release(conn, order)
             self._move(conn, order, OrderEvent.EXPIRE, at, "expired_at")
         elif kind == "cancel_rejected":
-            self._move(conn, order, OrderEvent.CANCEL_REJECT, at, None)
+            # Too late because the order already filled (or ended): nothing to restore.
+            if order.status not in TERMINAL:
+                self._move(conn, order, OrderEvent.CANCEL_REJECT, at, None)
         elif kind == "replaced":
             new = self._replacement(conn, order, event)
             transition(order.status, OrderEvent.REPLACE)  # both legal before any change
@@ -608,7 +634,11 @@ class Ledger:
             self._move(conn, new, OrderEvent.ACKNOWLEDGE, at, "submitted_at")
         elif kind == "replace_rejected":
             new = self._replacement(conn, order, event)
-            self._move(conn, order, OrderEvent.REPLACE_REJECT, at, None)
+            transition(new.status, OrderEvent.REJECT)  # legal before any change
+            # The old order may have filled (or expired) before the replace reached the
+            # desk, which is why it was refused: then only the replacement goes.
+            if order.status not in TERMINAL:
+                self._move(conn, order, OrderEvent.REPLACE_REJECT, at, None)
             self._release(conn, new)
             self._move(
                 conn, new, OrderEvent.REJECT, at, "failed_at", reason=event.get("reason", "")

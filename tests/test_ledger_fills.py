@@ -144,3 +144,37 @@ def test_a_cancel_racing_a_fill_leaves_a_consistent_ledger(env):
     assert (bal.cash, bal.reserved_cash) == (D("970.3000"), 0)
     _assert_position_is_its_fills(env, account)
     check_invariants(env.pool, account)
+
+
+def test_a_replace_that_lost_the_race_to_a_fill_releases_the_replacement(env):
+    """The old order filled at the desk before the replace arrived: the desk refuses the
+    replace; the replacement is rejected and nothing it reserved stays reserved."""
+    account = env.new_account("5000")
+    old = _place(env, account, Side.BUY, "10", "100.00")
+
+    def build(o):
+        req = OrderRequest(
+            "FILL", Side.BUY, OrderType.LIMIT, TimeInForce.DAY, qty=D("20"), limit_price=D("100")
+        )
+        return req, place(req, market()), None
+
+    new = env.ledger.request_replace(account, old.id, build)
+    assert env.ledger.balance(account).reserved_cash == D("2000")  # old 1000 + extra 1000
+    env.ledger.apply(_fill(old.id, "10", "99.00"))
+    refused = _event("replace_rejected", old.id, replaced_by=str(new.id), reason="filled")
+    assert env.ledger.apply(refused).outcome == "applied"
+    assert env.ledger.get(account, old.id).status == "filled"
+    assert env.ledger.get(account, new.id).status == "rejected"
+    assert env.ledger.balance(account).reserved_cash == 0
+    check_invariants(env.pool, account)
+
+
+def test_a_cancel_refused_because_the_order_filled_changes_nothing(env):
+    account = env.new_account("5000")
+    order = _place(env, account, Side.BUY, "10", "100.00")
+    env.ledger.request_cancel(account, order.id)
+    env.ledger.apply(_fill(order.id, "10", "99.00"))
+    late = env.ledger.apply(_event("cancel_rejected", order.id))
+    assert late.outcome == "applied"
+    assert env.ledger.get(account, order.id).status == "filled"
+    check_invariants(env.pool, account)

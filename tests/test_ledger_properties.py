@@ -31,7 +31,14 @@ from infra.ledger import (
     NotReplaceable,
 )
 from schemas.oms import Order, now_ns
-from schemas.order_states import OPEN, IllegalTransition, OrderEvent, OrderStatus, transition
+from schemas.order_states import (
+    OPEN,
+    TERMINAL,
+    IllegalTransition,
+    OrderEvent,
+    OrderStatus,
+    transition,
+)
 from schemas.orders import (
     ALLOWED_TIF,
     MarketView,
@@ -473,7 +480,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 m.status = status
                 m.cash = m.shares = ZERO
             elif kind == "cancel_rejected":
-                m.status = transition(m.status, E.CANCEL_REJECT)
+                if m.status not in TERMINAL:  # refused because it filled: nothing to do
+                    m.status = transition(m.status, E.CANCEL_REJECT)
             elif kind == "replaced":
                 new = self.orders.get(UUID(event["replaced_by"]))
                 if new is None or new.replaces != m.id or m.replaced_by != new.id:
@@ -490,8 +498,11 @@ class LedgerMachine(RuleBasedStateMachine):
                 new = self.orders.get(UUID(event["replaced_by"]))
                 if new is None or new.replaces != m.id or m.replaced_by != new.id:
                     return "anomaly"
-                old_status = transition(m.status, E.REPLACE_REJECT)
                 new_status = transition(new.status, E.REJECT)
+                # an old order that filled or ended first keeps its status
+                old_status = (
+                    m.status if m.status in TERMINAL else transition(m.status, E.REPLACE_REJECT)
+                )
                 m.status, new.status = old_status, new_status
                 new.cash = new.shares = ZERO
             else:
