@@ -65,6 +65,7 @@ def record_fill(conn: psycopg.Connection, order: Order, event: dict, at: datetim
     conn.execute(
         "UPDATE orders SET filled_qty = %s, filled_value = %s, filled_avg_price = %s, "
         "reserved_cash = reserved_cash - %s, reserved_qty = reserved_qty - %s, status = %s, "
+        "hwm = COALESCE(%s, hwm), "
         "filled_at = CASE WHEN %s THEN %s ELSE filled_at END, updated_at = now(), "
         "version = version + 1 WHERE id = %s",
         (
@@ -74,6 +75,7 @@ def record_fill(conn: psycopg.Connection, order: Order, event: dict, at: datetim
             effect.release_cash,
             effect.release_qty,
             status.value,
+            event.get("hwm"),  # a trailing stop's mark when it triggered
             effect.complete,
             at,
             order.id,

@@ -178,3 +178,12 @@ def test_a_cancel_refused_because_the_order_filled_changes_nothing(env):
     assert late.outcome == "applied"
     assert env.ledger.get(account, order.id).status == "filled"
     check_invariants(env.pool, account)
+
+
+def test_a_trailing_stops_mark_is_kept_on_the_order(env):
+    account = env.new_account("5000")
+    order = _place(env, account, Side.BUY, "1", "100.00")
+    fill = _fill(order.id, "1", "99.00")
+    fill["hwm"] = "98.50"
+    env.ledger.apply(fill)
+    assert env.ledger.get(account, order.id).hwm == D("98.5")
