@@ -20,13 +20,14 @@ import orjson
 import psycopg
 
 from schemas.oms import Order
-from schemas.order_states import OrderEvent, transition
+from schemas.order_states import OrderEvent, OrderStatus, transition
 from schemas.positions import FillRefused, Lot, OrderTerms, apply_fill
 
 __all__ = ["FillRefused", "record_fill"]
 
 
-def record_fill(conn: psycopg.Connection, order: Order, event: dict, at: datetime) -> None:
+def record_fill(conn: psycopg.Connection, order: Order, event: dict, at: datetime) -> OrderStatus:
+    """Apply the fill; the order's status after it."""
     qty, price = Decimal(str(event["qty"])), Decimal(str(event["price"]))
     exec_id = str(event.get("exec_id") or event["event_id"])
     row = conn.execute("SELECT filled_value FROM orders WHERE id = %s", (order.id,)).fetchone()
@@ -103,7 +104,7 @@ def record_fill(conn: psycopg.Connection, order: Order, event: dict, at: datetim
             "remaining_qty, price) VALUES (%s, %s, %s, %s, %s, %s, %s)",
             (order.account_id, order.symbol, exec_id, at, qty, qty, price),
         )
-        return
+        return status
     for c in effect.closures:
         conn.execute(
             "UPDATE tax_lots SET remaining_qty = remaining_qty - %s WHERE id = %s",
@@ -125,11 +126,12 @@ def record_fill(conn: psycopg.Connection, order: Order, event: dict, at: datetim
                 c.realized_pnl,
             ),
         )
+    return status
 
 
-def _position(conn: psycopg.Connection, order: Order, *, lock_lots: bool) -> tuple[
-    Decimal, list[Lot]
-]:
+def _position(
+    conn: psycopg.Connection, order: Order, *, lock_lots: bool
+) -> tuple[Decimal, list[Lot]]:
     """The position's quantity (the row made if missing, and locked) and, for sells, its
     open lots oldest first (locked)."""
     conn.execute(

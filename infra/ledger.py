@@ -572,7 +572,7 @@ class Ledger:
                 # Lock the order before recording the event: the foreign key of
                 # applied_events would take a share lock first, and two answers for
                 # one order upgrading theirs to FOR UPDATE deadlock.
-                self._lock_any(conn, order_id)
+                order = self._lock_any(conn, order_id)
                 first = conn.execute(
                     "INSERT INTO applied_events (id, order_id, kind) VALUES (%s, %s, %s) "
                     "ON CONFLICT (id) DO NOTHING RETURNING id",
@@ -582,7 +582,7 @@ class Ledger:
                     return Applied(event_id, "duplicate")
                 account_events.begin()
                 try:
-                    self._apply(conn, event, order_id, kind, at)
+                    self._apply(conn, event, order, kind, at)
                 finally:
                     noted = account_events.end()
                 written = account_events.record(conn, noted, at)
@@ -591,9 +591,9 @@ class Ledger:
             return self._anomaly(conn, event, order_id, kind, str(exc))
 
     def _apply(
-        self, conn: psycopg.Connection, event: dict, order_id: UUID, kind: str, at: datetime
+        self, conn: psycopg.Connection, event: dict, order: Order, kind: str, at: datetime
     ) -> None:
-        order = self._lock_any(conn, order_id)
+        """`order` as _apply_one locked it (the event id insert does not change it)."""
         if kind == "acknowledged":
             self._move(conn, order, OrderEvent.ACKNOWLEDGE, at, "submitted_at")
         elif kind == "rejected":
@@ -644,9 +644,7 @@ class Ledger:
                 conn, new, OrderEvent.REJECT, at, "failed_at", reason=event.get("reason", "")
             )
         elif kind == "fill":
-            record_fill(conn, order, event, at)
-            filled = conn.execute("SELECT status FROM orders WHERE id = %s", (order.id,)).fetchone()
-            done = filled is not None and filled[0] == OrderStatus.FILLED
+            done = record_fill(conn, order, event, at) == OrderStatus.FILLED
             account_events.note(order.id, "fill" if done else "partial_fill", fill=event)
         else:
             raise _Anomaly(f"unknown answer kind {kind!r}")
