@@ -52,7 +52,9 @@ log = logging.getLogger("tapeflow.ledger")
 
 Event = dict[str, Any]
 REQUIRED = ("event_id", "kind", "at", "order_id")
-MAX_TRANSACTION = 500  # events per ledger transaction
+# Events per ledger transaction: its events are published (and streamed) only after
+# its commit, so a long one holds back its first events; a commit costs ~1 ms.
+MAX_TRANSACTION = 100
 LANES = 4  # account-disjoint sub-batches applied concurrently
 RETRIES = 5
 # Errors that say the event itself can never apply (no such order, malformed fields), as
