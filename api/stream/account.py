@@ -118,7 +118,10 @@ class AccountFeed:
     # ------------------------------------------------------------ the log
 
     def _push(self, seq: int, payload: bytes) -> None:
-        self.session.push(KIND, "", piece(payload))
+        # Urgent: out with the next write, not after the session's batch interval (50 ms
+        # by default). An order's owner waits on its fill; the events of one ledger
+        # commit arrive together and still go out as one message.
+        self.session.push(KIND, "", piece(payload), urgent=True)
         self.last = seq
 
     async def _catch_up(self) -> None:
