@@ -75,6 +75,7 @@ class _Noted:
     order_id: UUID
     event: str
     fill: dict[str, Any] | None = None
+    position_qty: Decimal | None = None  # the position after the fill, when known
 
 
 # The events of the transaction Ledger.apply is running on this thread (None: not
@@ -92,13 +93,18 @@ def end() -> list[_Noted]:
     return noted
 
 
-def note(order_id: UUID, event: OrderEvent | str, fill: dict[str, Any] | None = None) -> None:
+def note(
+    order_id: UUID,
+    event: OrderEvent | str,
+    fill: dict[str, Any] | None = None,
+    position_qty: Decimal | None = None,
+) -> None:
     """Called by the ledger for each status change (and fill) inside `apply`."""
     noted = getattr(_current, "noted", None)
     if noted is None:
         return
     name = EVENT_NAMES.get(event, str(event)) if isinstance(event, OrderEvent) else event
-    noted.append(_Noted(order_id, name, fill))
+    noted.append(_Noted(order_id, name, fill, position_qty))
 
 
 _INSERT = (
@@ -131,7 +137,7 @@ def record(conn: psycopg.Connection, noted: Iterable[_Noted], at: datetime) -> l
             "order": render_order(order),
         }
         if n.fill is not None:
-            payload.update(_fill_fields(conn, order, n.fill))
+            payload.update(_fill_fields(conn, order, n.fill, n.position_qty))
         got = conn.execute(
             _INSERT,
             {
@@ -147,17 +153,21 @@ def record(conn: psycopg.Connection, noted: Iterable[_Noted], at: datetime) -> l
     return out
 
 
-def _fill_fields(conn: psycopg.Connection, order: Order, fill: dict[str, Any]) -> dict[str, Any]:
-    held = conn.execute(
-        "SELECT qty FROM positions WHERE account_id = %s AND symbol = %s",
-        (order.account_id, order.symbol),
-    ).fetchone()
+def _fill_fields(
+    conn: psycopg.Connection, order: Order, fill: dict[str, Any], held: Decimal | None
+) -> dict[str, Any]:
+    if held is None:
+        row = conn.execute(
+            "SELECT qty FROM positions WHERE account_id = %s AND symbol = %s",
+            (order.account_id, order.symbol),
+        ).fetchone()
+        held = row[0] if row else Decimal(0)
     return {
         "execution_id": str(fill.get("exec_id") or fill["event_id"]),
         "qty": str(Decimal(str(fill["qty"])).quantize(QTY)),
         "price": str(Decimal(str(fill["price"])).quantize(PRICE)),
         "venue": str(fill.get("venue", "")),
-        "position_qty": str(held[0] if held else Decimal(0)),
+        "position_qty": str(held),
     }
 
 

@@ -14,7 +14,7 @@ Fill event (oms.executions): {"event_id", "kind": "fill", "at", "order_id",
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import orjson
 import psycopg
@@ -25,9 +25,13 @@ from schemas.positions import FillRefused, Lot, OrderTerms, apply_fill
 
 __all__ = ["FillRefused", "record_fill"]
 
+QTY = Decimal("0.000001")  # as positions.qty is stored
 
-def record_fill(conn: psycopg.Connection, order: Order, event: dict, at: datetime) -> OrderStatus:
-    """Apply the fill; the order's status after it."""
+
+def record_fill(
+    conn: psycopg.Connection, order: Order, event: dict, at: datetime
+) -> tuple[OrderStatus, Decimal]:
+    """Apply the fill; the order's status and the position's quantity after it."""
     qty, price = Decimal(str(event["qty"])), Decimal(str(event["price"]))
     exec_id = str(event.get("exec_id") or event["event_id"])
     row = conn.execute("SELECT filled_value FROM orders WHERE id = %s", (order.id,)).fetchone()
@@ -44,6 +48,7 @@ def record_fill(conn: psycopg.Connection, order: Order, event: dict, at: datetim
     )
     position_qty, lots = _position(conn, order, lock_lots=order.side == "sell")
     effect = apply_fill(terms, qty, price, lots, position_qty, at)
+    held = (position_qty + effect.position_qty_delta).quantize(QTY, ROUND_HALF_UP)
     status = transition(
         order.status, OrderEvent.FILL if effect.complete else OrderEvent.PARTIAL_FILL
     )
@@ -104,7 +109,7 @@ def record_fill(conn: psycopg.Connection, order: Order, event: dict, at: datetim
             "remaining_qty, price) VALUES (%s, %s, %s, %s, %s, %s, %s)",
             (order.account_id, order.symbol, exec_id, at, qty, qty, price),
         )
-        return status
+        return status, held
     for c in effect.closures:
         conn.execute(
             "UPDATE tax_lots SET remaining_qty = remaining_qty - %s WHERE id = %s",
@@ -126,7 +131,7 @@ def record_fill(conn: psycopg.Connection, order: Order, event: dict, at: datetim
                 c.realized_pnl,
             ),
         )
-    return status
+    return status, held
 
 
 def _position(
@@ -134,14 +139,15 @@ def _position(
 ) -> tuple[Decimal, list[Lot]]:
     """The position's quantity (the row made if missing, and locked) and, for sells, its
     open lots oldest first (locked)."""
-    conn.execute(
-        "INSERT INTO positions (account_id, symbol) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-        (order.account_id, order.symbol),
-    )
-    row = conn.execute(
-        "SELECT qty FROM positions WHERE account_id = %s AND symbol = %s FOR UPDATE",
-        (order.account_id, order.symbol),
-    ).fetchone()
+    locked = "SELECT qty FROM positions WHERE account_id = %s AND symbol = %s FOR UPDATE"
+    key = (order.account_id, order.symbol)
+    row = conn.execute(locked, key).fetchone()
+    if row is None:  # the symbol's first fill for the account: make the row, then lock it
+        conn.execute(
+            "INSERT INTO positions (account_id, symbol) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            key,
+        )
+        row = conn.execute(locked, key).fetchone()
     assert row is not None
     if not lock_lots:
         return row[0], []

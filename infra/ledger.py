@@ -644,8 +644,11 @@ class Ledger:
                 conn, new, OrderEvent.REJECT, at, "failed_at", reason=event.get("reason", "")
             )
         elif kind == "fill":
-            done = record_fill(conn, order, event, at) == OrderStatus.FILLED
-            account_events.note(order.id, "fill" if done else "partial_fill", fill=event)
+            status, held = record_fill(conn, order, event, at)
+            done = status == OrderStatus.FILLED
+            account_events.note(
+                order.id, "fill" if done else "partial_fill", fill=event, position_qty=held
+            )
         else:
             raise _Anomaly(f"unknown answer kind {kind!r}")
 
