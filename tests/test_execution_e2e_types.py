@@ -1,0 +1,150 @@
+"""IOC, FOK, a stop and a trailing stop end to end through `tapeflow run`: orders placed
+with POST /v1/orders, a scripted JSON-lines feed replayed into md.raw.nasdaq in steps, and
+the fills checked exactly in PostgreSQL (prices, sizes, the trade that triggered).
+
+Each order is placed, and its answer awaited, before the market data it meets, so the
+fills are the same on every run (README, "The order side": determinism).
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal as D
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra import db
+from infra.ledger import Ledger
+from infra.quote_store import QuoteStore
+from infra.replay import replay
+from schemas.marketdata import NBBO_VENUE, Quote, Security
+from tests.conftest import Pipeline, new_user
+
+pytestmark = pytest.mark.services
+SYMBOL = "XTYP"
+
+
+def until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def q(second: int, bid: str, ask: str, size: int = 100) -> str:
+    return (
+        f'{{"T":"q","S":"{SYMBOL}","bx":"Q","bp":"{bid}","bs":{size},"ax":"Q","ap":"{ask}",'
+        f'"as":{size},"t":"2026-11-24T15:00:{second:02d}Z"}}'
+    )
+
+
+def t(second: int, price: str, tid: int) -> str:
+    return (
+        f'{{"T":"t","S":"{SYMBOL}","i":"{tid}","x":"Q","p":"{price}","s":100,'
+        f'"t":"2026-11-24T15:00:{second:02d}.5Z","c":["@"]}}'
+    )
+
+
+def test_ioc_fok_stop_and_trailing_stop(services, pipeline: Pipeline, tmp_path: Path):
+    pipeline.env["TAPEFLOW_CLOCK_START"] = "2026-11-24T15:00:00Z"  # 10:00 New York
+    ns = time.time_ns()
+    QuoteStore(pipeline.settings.redis).apply(
+        [
+            Security(SYMBOL, "nasdaq", 100, False, ns, ns),
+            # version 1: older than the feed's quotes, which then replace it in Redis
+            Quote(SYMBOL, NBBO_VENUE, D("29.90"), 100, D("30.00"), 100, 1, ns, 1),
+        ]
+    )
+    _, account, token = new_user(services, rate_limit=10_000)
+    pool = db.pool(services.postgres)
+    Ledger(pool, pipeline.topics).deposit(account.id, D("10000"))
+    pipeline.start()
+    api = httpx.Client(
+        base_url=pipeline.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+
+    def feed(name: str, *lines: str) -> None:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        replay(
+            path,
+            "nasdaq",
+            pipeline.settings.bootstrap,
+            speed=None,
+            topic=pipeline.topics.raw("nasdaq"),
+        )
+
+    def place(**body) -> str:
+        answer = api.post("/v1/orders", json={"symbol": SYMBOL, "qty": "1", **body})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["id"]
+
+    def order(order_id: str) -> dict:
+        return api.get(f"/v1/orders/{order_id}").json()
+
+    # 1. A resting buy fills at the first quote: 10 shares to sell later.
+    base = place(side="buy", type="limit", time_in_force="day", qty="10", limit_price="30.00")
+    until(lambda: order(base)["status"] == "new")
+    feed("open", q(1, "29.90", "30.00"))
+    until(lambda: order(base)["status"] == "filled")
+
+    # 2. IOC and FOK against that quote (ask 30.00, 90 of its 100 shares left).
+    ioc_none = place(side="buy", type="limit", time_in_force="ioc", qty="5", limit_price="29.80")
+    fok_big = place(side="buy", type="limit", time_in_force="fok", qty="200", limit_price="30.00")
+    ioc_fill = place(side="buy", type="limit", time_in_force="ioc", qty="5", limit_price="30.00")
+    until(
+        lambda: all(
+            order(i)["status"] in ("canceled", "filled") for i in (ioc_none, fok_big, ioc_fill)
+        )
+    )
+    assert (order(ioc_none)["status"], order(ioc_none)["filled_qty"]) == ("canceled", "0.000000")
+    assert (order(fok_big)["status"], order(fok_big)["filled_qty"]) == ("canceled", "0.000000")
+    assert (order(ioc_fill)["status"], order(ioc_fill)["filled_qty"]) == ("filled", "5.000000")
+
+    # 3. Stops wait for the last regular trade at or through their price.
+    stop = place(side="sell", type="stop", time_in_force="gtc", qty="3", stop_price="29.00")
+    trail = place(
+        side="sell", type="trailing_stop", time_in_force="gtc", qty="2", trail_price="0.50"
+    )
+    until(lambda: order(stop)["status"] == "new" and order(trail)["status"] == "new")
+
+    # Quotes and trades travel on two topics: each trigger trade goes after its quote
+    # has been taken (the Redis NBBO shows the normalized quote is out), so the fill
+    # meets that quote on every run.
+    def step(name: str, quote: str, trade: str, bid: str) -> None:
+        feed(name + "-quote", quote)
+        until(lambda: D(api.get(f"/v1/quotes/{SYMBOL}").json()["nbbo"]["bid_price"]) == D(bid))
+        time.sleep(0.5)
+        feed(name + "-trade", trade)
+
+    step("high", q(5, "30.30", "30.40"), t(6, "30.40", 1), "30.30")  # mark 30.40: trigger 29.90
+    step("trail", q(7, "29.86", "29.90"), t(8, "29.88", 2), "29.86")  # trailing sells 2
+    until(lambda: order(trail)["status"] == "filled")
+    step("stop", q(9, "28.90", "28.95"), t(10, "28.95", 3), "28.90")  # the stop sells 3
+    until(lambda: order(stop)["status"] == "filled" and order(trail)["status"] == "filled")
+
+    with pool.connection() as conn:
+        fills = conn.execute(
+            "SELECT order_id::text, side, qty, price FROM executions WHERE account_id = %s "
+            "ORDER BY executed_at, id",
+            (account.id,),
+        ).fetchall()
+        position = conn.execute(
+            "SELECT qty FROM positions WHERE account_id = %s AND symbol = %s",
+            (account.id, SYMBOL),
+        ).fetchone()[0]
+        anomalies = conn.execute(
+            "SELECT count(*) FROM ledger_anomalies a JOIN orders o ON o.id = a.order_id "
+            "WHERE o.account_id = %s",
+            (account.id,),
+        ).fetchone()[0]
+    assert fills == [
+        (base, "buy", D(10), D("30.0000")),
+        (ioc_fill, "buy", D(5), D("30.0000")),
+        (trail, "sell", D(2), D("29.8600")),
+        (stop, "sell", D(3), D("28.9000")),
+    ]
+    assert position == D(10)
+    assert anomalies == 0
