@@ -23,7 +23,10 @@ def _money(v: Decimal) -> Decimal:
 
 
 def _ratio(num: Decimal, den: Decimal) -> Decimal | None:
-    return (num / den).quantize(RATIO_PLACES, ROUND_HALF_EVEN) if den else None
+    if not den:
+        return None
+    # + 0 turns a negative zero (a tiny loss rounded away) into "0.000000"
+    return (num / den).quantize(RATIO_PLACES, ROUND_HALF_EVEN) + 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,3 +116,11 @@ def test_a_position_is_the_sum_of_its_fills(fills):
 def test_close_fifo_refuses_more_than_the_lots_hold():
     with pytest.raises(FillRefused):
         close_fifo([Lot(1, T0, D(2), D(10))], D(3), D(11), T0)
+
+
+def test_a_loss_too_small_to_show_is_zero_not_minus_zero():
+    from schemas.portfolio import value_portfolio, value_position
+
+    p = value_position("X", D(5), D(0), D("941.10"), D("188.25"), D("188.26"))
+    portfolio = value_portfolio(D("99058.90"), D(0), [p])
+    assert str(portfolio.day_change_percent) == "0.000000"
