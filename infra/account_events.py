@@ -36,8 +36,8 @@ from uuid import UUID
 import orjson
 import psycopg
 
-from schemas.oms import ORDER_COLUMNS, Order
-from schemas.order_states import OrderEvent, OrderStatus
+from schemas.oms import ORDER_COLUMNS, Order, order_from_row
+from schemas.order_states import OrderEvent
 
 log = logging.getLogger("tapeflow.account_events")
 
@@ -127,9 +127,7 @@ def record(conn: psycopg.Connection, noted: Iterable[_Noted], at: datetime) -> l
         ).fetchone()
         if row is None:
             continue
-        values = list(row)
-        values[17] = OrderStatus(values[17])
-        order = Order(*values)
+        order = order_from_row(row)
         payload: dict[str, Any] = {
             "event": n.event,
             "seq": 0,

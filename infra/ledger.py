@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool
 from infra import account_events
 from infra.fills import FillRefused, record_fill
 from infra.topics import Topics
-from schemas.oms import ORDER_COLUMNS, Order, encode, now_ns, order_wire
+from schemas.oms import ORDER_COLUMNS, Order, encode, now_ns, order_from_row, order_wire
 from schemas.order_states import (
     OPEN,
     TERMINAL,
@@ -137,12 +137,7 @@ _BALANCE = "id, cash, reserved_cash, buying_power, updated_at"
 
 
 def _order_of(row: tuple | None) -> Order | None:
-    if row is None:
-        return None
-    values = list(row)
-    status_index = 17  # Order.status: rows carry text
-    values[status_index] = OrderStatus(values[status_index])
-    return Order(*values)
+    return order_from_row(row) if row is not None else None
 
 
 class Ledger:

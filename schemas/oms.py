@@ -83,6 +83,14 @@ class Order:
 
 
 ORDER_COLUMNS = ", ".join(f.name for f in fields(Order))
+_STATUS = [f.name for f in fields(Order)].index("status")
+
+
+def order_from_row(row: tuple) -> Order:
+    """An Order from a row selected as ORDER_COLUMNS (the status comes back as text)."""
+    values = list(row)
+    values[_STATUS] = OrderStatus(values[_STATUS])
+    return Order(*values)
 
 
 def _default(value: Any) -> Any:

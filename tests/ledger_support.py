@@ -32,7 +32,7 @@ from infra import accounts, db
 from infra.ledger import Ledger
 from infra.settings import Settings
 from infra.topics import Topics
-from schemas.oms import ORDER_COLUMNS, Order
+from schemas.oms import ORDER_COLUMNS, Order, order_from_row
 from schemas.order_states import OPEN, OrderStatus
 from schemas.orders import MarketView, full_reservation
 from schemas.sessions import market_session
@@ -94,12 +94,7 @@ def _orders(conn: Any, account_id: UUID) -> list[Order]:
     rows = conn.execute(
         f"SELECT {ORDER_COLUMNS} FROM orders WHERE account_id = %s", (account_id,)
     ).fetchall()
-    out = []
-    for row in rows:
-        values = list(row)
-        values[17] = OrderStatus(values[17])
-        out.append(Order(*values))
-    return out
+    return [order_from_row(row) for row in rows]
 
 
 def full_of(o: Order) -> tuple[Decimal, Decimal]:
