@@ -38,8 +38,16 @@ import redis
 from confluent_kafka import Producer
 
 from bench import harness
-from bench.harness import BenchPipeline, CpuBook, cores_between, service_pids, wait_quiet
+from bench.harness import (
+    BenchPipeline,
+    CpuBook,
+    cores_between,
+    go_binary,
+    service_pids,
+    wait_quiet,
+)
 from bench.machine import machine_lines, median
+from bench.machine import percentile as pct
 from bench.orders import _postgres_pids
 from bench.stream_run import _descendants
 from infra import accounts, api_keys, db, services
@@ -61,15 +69,7 @@ def say(line: str = "") -> None:
 
 
 def build_fillload(out_dir: Path) -> Path:
-    binary = out_dir / "fillload"
-    src = FILLLOAD_SRC / "fillload"
-    newest = max(p.stat().st_mtime for p in src.iterdir())
-    if not binary.exists() or binary.stat().st_mtime < newest:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["go", "build", "-o", str(binary), "./fillload"], cwd=FILLLOAD_SRC, check=True
-        )
-    return binary
+    return go_binary(FILLLOAD_SRC, "fillload", "fillload", out_dir)
 
 
 class QuoteFeed(threading.Thread):
@@ -198,13 +198,6 @@ def run_once(base: Settings, args: argparse.Namespace, rate: int, load: Path) ->
     finally:
         feed.stop.set()
         pipe.close()
-
-
-def pct(lat: np.ndarray, q: float) -> float:
-    if not len(lat):
-        return math.nan
-    k = max(1, math.ceil(q / 100 * len(lat)))
-    return float(lat[min(k, len(lat)) - 1])
 
 
 HEADER = (

@@ -32,6 +32,17 @@ ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def go_binary(module: Path, package: str, name: str, out_dir: Path) -> Path:
+    """`go build` a load client of bench/ into out_dir, again only when its sources changed."""
+    binary = out_dir / name
+    src = module / package
+    newest = max(p.stat().st_mtime for p in src.iterdir())
+    if not binary.exists() or binary.stat().st_mtime < newest:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["go", "build", "-o", str(binary), f"./{package}"], cwd=module, check=True)
+    return binary
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

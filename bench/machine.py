@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
@@ -57,12 +58,12 @@ def machine_lines(redis_server: str) -> list[str]:
     ]
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of an already sorted list."""
-    if not sorted_values:
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of an already sorted list or array."""
+    if len(sorted_values) == 0:
         return math.nan
     rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
+    return float(sorted_values[min(rank, len(sorted_values)) - 1])
 
 
 def median(values: list[float]) -> float:

@@ -43,10 +43,12 @@ from bench.harness import (
     BenchPipeline,
     CpuBook,
     cores_between,
+    go_binary,
     service_pids,
     wait_quiet,
 )
 from bench.machine import machine_lines, median
+from bench.machine import percentile as pct
 from bench.stream_run import _descendants, _wait_health
 from infra import accounts, api_keys, db, services
 from infra.ledger import Ledger
@@ -66,12 +68,7 @@ def say(line: str = "") -> None:
 
 
 def build_orderload(out_dir: Path) -> Path:
-    binary = out_dir / "orderload"
-    newest = max(p.stat().st_mtime for p in ORDERLOAD_SRC.iterdir())
-    if not binary.exists() or binary.stat().st_mtime < newest:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=ORDERLOAD_SRC, check=True)
-    return binary
+    return go_binary(ORDERLOAD_SRC, ".", "orderload", out_dir)
 
 
 @dataclass
@@ -301,13 +298,6 @@ def run_once(base: Settings, args: argparse.Namespace, clients: int, load: Path)
             except subprocess.TimeoutExpired:
                 p.kill()
         pipe.close()
-
-
-def pct(lat: np.ndarray, q: float) -> float:
-    if not len(lat):
-        return math.nan
-    k = max(1, math.ceil(q / 100 * len(lat)))
-    return float(lat[min(k, len(lat)) - 1])
 
 
 def row(r: Result) -> str:

@@ -33,10 +33,10 @@ import os
 import sys
 import time
 
-import numpy as np
 import redis
 
 from bench.machine import machine_lines
+from bench.machine import percentile as pct
 from bench.stream_feed import Feed
 from bench.stream_run import RunConfig, RunResult, build_wsload, run_once
 from infra import services
@@ -87,13 +87,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.warmup >= args.seconds:
         p.error("--warmup must be shorter than --seconds")
     return args
-
-
-def pct(lat: np.ndarray, q: float) -> float:
-    if not len(lat):
-        return math.nan
-    k = max(1, math.ceil(q / 100 * len(lat)))
-    return float(lat[min(k, len(lat)) - 1])
 
 
 HEADER = (

@@ -20,6 +20,7 @@ from bench.harness import (
     CpuBook,
     cores_between,
     free_port,
+    go_binary,
     service_pids,
     wait_quiet,
 )
@@ -34,12 +35,7 @@ WSLOAD_SRC = ROOT / "bench" / "wsload"
 
 def build_wsload(out_dir: Path) -> Path:
     """go build the load client (fetches github.com/coder/websocket on first use)."""
-    binary = out_dir / "wsload"
-    newest = max(p.stat().st_mtime for p in WSLOAD_SRC.iterdir())
-    if not binary.exists() or binary.stat().st_mtime < newest:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=WSLOAD_SRC, check=True)
-    return binary
+    return go_binary(WSLOAD_SRC, ".", "wsload", out_dir)
 
 
 @dataclass
