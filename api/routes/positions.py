@@ -12,6 +12,7 @@ from dataclasses import asdict
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request
 from psycopg_pool import ConnectionPool
@@ -36,7 +37,7 @@ from schemas.orders import (
 from schemas.portfolio import PositionValue, value_portfolio, value_position
 
 router = APIRouter(tags=["portfolio"], responses=ERROR_RESPONSES)
-NEW_YORK = "America/New_York"
+NEW_YORK = ZoneInfo("America/New_York")
 
 
 class PositionOut(BaseModel):
@@ -90,18 +91,12 @@ def _valued(request: Request, rows: list[tuple], quotes, now: datetime) -> list[
     symbols = [r[0] for r in rows]
     prices = mids(quotes.redis, symbols)
     candles = getattr(request.app.state, "candles", None)
-    today = now.astimezone(_ny()).date()
+    today = now.astimezone(NEW_YORK).date()
     closes = previous_closes(candles, symbols, today) if candles and symbols else {}
     return [
         value_position(s, qty, reserved, cost, prices.get(s), closes.get(s))
         for s, qty, reserved, cost in rows
     ]
-
-
-def _ny():
-    from zoneinfo import ZoneInfo
-
-    return ZoneInfo(NEW_YORK)
 
 
 def _out(v: PositionValue) -> PositionOut:
