@@ -8,12 +8,18 @@ from api import errors
 from api.auth import authorized
 from api.routes import (
     accounts,
+    alerts,
     candles,
+    clock,
+    eod,
     health,
     keys,
     orders,
+    portfolio_history,
     positions,
     quotes,
+    realized,
+    reconciliation,
     stream,
     watchlists,
 )
@@ -29,7 +35,11 @@ from schemas.sessions import market_session
 OPEN_ROUTERS = (health, stream)  # WS /v1/stream authenticates in its own protocol
 # Behind a Bearer API key and its rate limit (api/auth.py), as one router dependency each,
 # so no route of these modules can forget it.
-PROTECTED_ROUTERS = (quotes, candles, accounts, keys, watchlists, orders, positions)
+PROTECTED_ROUTERS = (
+    *(quotes, candles, clock, accounts, keys, watchlists, alerts),
+    *(orders, positions, portfolio_history, realized),
+    *(eod, reconciliation),  # operators only (api.auth.operator_only)
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -45,8 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.quotes = QuoteStore(settings.redis)
     app.state.candles = CandleStore(shared_clickhouse(settings))
     app.state.limiter = RateLimiter(settings.redis)
-    # The time order placement sees (sessions, auction cut-offs): wall UTC; tests set a
-    # fixed one. A later issue makes it follow the feed's time during replays.
+    # The market clock (order placement's sessions and auction cut-offs, GET /v1/clock):
+    # wall UTC, or the feed's own time with TAPEFLOW_CLOCK=feed (a replay trades in its
+    # session's hours; infra/market_view.py); tests set a fixed one.
     app.state.clock = clock_for(settings)
     # Loads the exchange calendar now (~1.5 s of CPU) rather than in the first order.
     market_session(app.state.clock())

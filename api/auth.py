@@ -29,7 +29,7 @@ from fastapi import Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.errors import ApiError
+from api.errors import ApiError, ErrorBody
 from infra import api_keys, db
 from infra.api_keys import Principal
 from infra.settings import Settings, get_settings
@@ -190,3 +190,16 @@ async def authorized(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authorized)]
+
+
+def operator_only(principal: CurrentPrincipal) -> Principal:
+    """A router dependency for operators' routes (/v1/admin/...): 403 `forbidden` else."""
+    if not principal.is_operator:
+        raise ApiError(403, "forbidden", "this route is for operators")
+    return principal
+
+
+# The 403 every operators' route may answer, for its OpenAPI responses.
+OPERATOR_RESPONSE: dict[int | str, dict] = {
+    403: {"model": ErrorBody, "description": "The caller is not an operator (code `forbidden`)"}
+}

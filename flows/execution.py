@@ -5,6 +5,8 @@ answers go back to the ledger.
     md.quotes, md.trades, md.status ─ venue events ────┴ key_by_symbol ─ desk ─► oms.executions
                                                            (SymbolDesk     (keyed by
                                                             per symbol)     account)
+                                                                         ─► venues.executions
+                                                                            (keyed by symbol)
 
 The desk (schemas/execution.py) holds the symbol's open orders, the venues' quotes,
 trading states and the feed's clock, and fills by the fill model (schemas/fill_model.py,
@@ -14,6 +16,10 @@ from a consistent pair and repeats the answers since then with the same event id
 ledger applies each once). Venue quotes, trades and trading states reach the desk whole
 (decoded JSON); everything else (NBBO quotes, breaks, directory and system events) only
 moves its clock, and in each Kafka batch a run of those becomes one clock step.
+
+Each fill also goes, in the same output step, to venues.executions as the venue's own
+execution report (schemas/reconciliation.py): the record `tapeflow reconcile` checks the
+ledger against. A replay after a crash repeats reports with the same ids and contents.
 
 oms.orders is written in Kafka transactions by the outbox relay, so it is read with
 isolation.level=read_committed: records of an aborted transaction are never seen.
@@ -34,10 +40,11 @@ from flows.common import batch_sink, raw_source
 from flows.kafka_io import OutMessage, RawMessage
 from infra.settings import Settings, get_settings
 from infra.topics import topics_of
-from schemas.execution import SymbolDesk
+from schemas.execution import SymbolDesk, Working
 from schemas.fill_model import FillModel
 from schemas.marketdata import NBBO_VENUE
 from schemas.oms import decode, encode
+from schemas.reconciliation import venue_report
 
 log = logging.getLogger("tapeflow.execution")
 
@@ -107,12 +114,20 @@ def fill_model(settings: Settings) -> FillModel:
 
 
 def run_desk(
-    desk: SymbolDesk | None, work: Work, executions_topic: str, model: FillModel | None = None
+    desk: SymbolDesk | None,
+    work: Work,
+    executions_topic: str,
+    model: FillModel | None = None,
+    reports_topic: str | None = None,
 ) -> tuple[SymbolDesk, list[OutMessage]]:
-    """Feed the symbol's desk; its answers as oms.executions messages keyed by account.
+    """Feed the symbol's desk; its answers as oms.executions messages keyed by account,
+    and with `reports_topic` each fill's venue execution report too, keyed by symbol.
     A new desk takes `model`; a desk restored from a snapshot keeps its own."""
     symbol, steps = work
     desk = desk if desk is not None else SymbolDesk(symbol, model=model or FillModel())
+    # The orders open before this work: a fill answer has no side, and an order that
+    # fills completely leaves the desk (a shallow copy: the desk's own loops copy more).
+    before = dict(desk.orders) if reports_topic and desk.orders else {}
     answers: list[dict[str, Any]] = []
     for kind, payload in steps:
         try:
@@ -124,7 +139,45 @@ def run_desk(
                 answers += desk.on_order_message(payload)
         except Exception:  # a bad message must not stop every symbol's execution
             log.exception("execution desk %s could not take %r", symbol, payload)
-    return desk, [(executions_topic, a["account_id"].encode(), encode(a), None) for a in answers]
+    out: list[OutMessage] = [
+        (executions_topic, a["account_id"].encode(), encode(a), None) for a in answers
+    ]
+    if reports_topic:
+        out += _venue_reports(desk, before, steps, answers, reports_topic)
+    return desk, out
+
+
+def _venue_reports(
+    desk: SymbolDesk,
+    before: dict[str, Working],
+    steps: list[Step],
+    answers: list[dict[str, Any]],
+    topic: str,
+) -> list[OutMessage]:
+    """The venues' own execution report of each fill (schemas/reconciliation.py), keyed
+    by symbol. The side is the order's: open at the desk now or before this work, else
+    brought by this work's new or replace message."""
+    fills = [a for a in answers if a["kind"] == "fill"]
+    if not fills:
+        return []
+    key = desk.symbol.encode()
+    brought: dict[str, str] | None = None
+    out: list[OutMessage] = []
+    for a in fills:
+        oid = a["order_id"]
+        working = desk.orders.get(oid) or before.get(oid)
+        if working is not None:
+            side = working.order.side
+        else:
+            if brought is None:
+                brought = {
+                    str(p["order"].get("id")): str(p["order"].get("side"))
+                    for kind, p in steps
+                    if kind == ORDER and isinstance(p.get("order"), dict)
+                }
+            side = brought.get(oid, "")
+        out.append((topic, key, encode(venue_report(a, side)), None))
+    return out
 
 
 def build(settings: Settings) -> Dataflow:
@@ -141,7 +194,9 @@ def build(settings: Settings) -> Dataflow:
         ),
     )
     work = op.flat_map_batch("key_by_symbol", msgs, lambda batch: key_by_symbol(batch, t.orders))
-    answered = op.stateful_map("desk", work, lambda desk, w: run_desk(desk, w, t.executions, model))
+    answered = op.stateful_map(
+        "desk", work, lambda desk, w: run_desk(desk, w, t.executions, model, t.venue_reports)
+    )
     answers = op.filter_value("with_answers", answered, bool)
     op.output("to_executions", answers, batch_sink(settings))
     return flow

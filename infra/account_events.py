@@ -151,6 +151,25 @@ def record(conn: psycopg.Connection, noted: Iterable[_Noted], at: datetime) -> l
     return out
 
 
+def append(
+    conn: psycopg.Connection, account_id: UUID, event: str, at: datetime, payload: dict[str, Any]
+) -> AccountEvent:
+    """One event that is not an order's (an alert firing, infra/alerts.py) in the same
+    log and numbering, in the caller's transaction; `payload["seq"]` is filled in."""
+    got = conn.execute(
+        _INSERT,
+        {
+            "a": account_id,
+            "e": event,
+            "o": None,
+            "at": at,
+            "p": orjson.dumps({**payload, "seq": 0}).decode(),
+        },
+    ).fetchone()
+    assert got is not None, "no such account"
+    return AccountEvent(account_id, int(got[0]), got[1].encode())
+
+
 def _fill_fields(
     conn: psycopg.Connection, order: Order, fill: dict[str, Any], held: Decimal | None
 ) -> dict[str, Any]:

@@ -120,3 +120,8 @@ def account_of_user(pool: ConnectionPool, user_id: UUID) -> Account | None:
 def get_account(pool: ConnectionPool, account_id: UUID) -> Account | None:
     row = fetchone(pool, f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = %s", (account_id,))
     return Account(*row) if row else None
+
+
+def make_operator(pool: ConnectionPool, user_id: UUID) -> None:
+    with pool.connection() as conn:
+        conn.execute("UPDATE users SET is_operator = true WHERE id = %s", (user_id,))

@@ -14,6 +14,8 @@ import httpx
 import typer
 
 from infra.cli_accounts import DEMO_EMAIL, accounts_app, demo_token, keys_app, users_app
+from infra.cli_eod import eod_command, report_app
+from infra.cli_reconcile import reconcile_command
 from infra.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -22,6 +24,9 @@ app = typer.Typer(
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(accounts_app, name="accounts")
+app.command(name="reconcile")(reconcile_command)
+app.command(name="eod")(eod_command)  # end of day (infra/cli_eod.py)
+app.add_typer(report_app, name="report")
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "session-2026-11-24"
 CSV_HEADER = ["symbol", "start", "open", "high", "low", "close", "volume", "vwap", "trades"]
@@ -80,7 +85,7 @@ def run(
     api: Annotated[bool, typer.Option(help="Serve the HTTP API in this process")] = True,
     flows: Annotated[
         str, typer.Option(help="Comma-separated flows to host")
-    ] = "normalize,quotes,candles,execution,ledger",
+    ] = "normalize,quotes,candles,execution,ledger,alerts",
     workers: Annotated[
         int | None, typer.Option(min=1, help="Bytewax workers per flow [TAPEFLOW_FLOW_WORKERS]")
     ] = None,
@@ -95,6 +100,9 @@ def run(
             "[default: when serving the API]"
         ),
     ] = None,
+    eod: Annotated[
+        bool, typer.Option(help="Run end of day after each trading day (with the API)")
+    ] = True,
 ) -> None:
     """Host the API and the flows in one process (what embedded chDB needs)."""
     from infra.runner import run as run_all
@@ -107,12 +115,14 @@ def run(
         workers=workers or settings.flow_workers,
         split=split,
         relay=api if relay is None else relay,
+        eod=eod,
     )
 
 
 @app.command()
 def relay() -> None:
-    """Relay committed outbox rows to Kafka oms.orders, exactly once in effect (foreground)."""
+    """Relay committed outbox rows to Kafka (oms.orders, alert definitions), exactly once in
+    effect (foreground)."""
     from infra.outbox import main
 
     main()
@@ -312,8 +322,10 @@ def demo(
     log_path = settings.home.resolve() / "logs" / "run.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        # The demo lets its users fund themselves: POST /v1/account/deposits.
-        env = {**os.environ, "TAPEFLOW_ALLOW_DEPOSITS": "true"}
+        # The demo lets its users fund themselves: POST /v1/account/deposits. Its market
+        # clock is the feed's (unless TAPEFLOW_CLOCK says otherwise), so the replayed
+        # session trades in that session's hours whatever the wall says.
+        env = {"TAPEFLOW_CLOCK": "feed", **os.environ, "TAPEFLOW_ALLOW_DEPOSITS": "true"}
         proc = subprocess.Popen(
             [sys.executable, "-m", "infra.cli", "run"], stdout=log, stderr=log, env=env
         )

@@ -54,6 +54,37 @@ SCHEMA = [
     ) ENGINE = ReplacingMergeTree(version, is_deleted)
     ORDER BY (symbol, start)
     """,
+    # End of day (infra/eod.py): each account's equity per closed New York day and its
+    # positions that day. Keyed by (account, day[, symbol]): a re-run writes the same
+    # rows again, which replace themselves (reads use FINAL).
+    """
+    CREATE TABLE IF NOT EXISTS portfolio_snapshots (
+        account_id UUID,
+        day Date,
+        equity Decimal(38, 4),
+        cash Decimal(38, 4),
+        long_market_value Decimal(38, 4),
+        cost_basis Decimal(38, 4),
+        last_equity Decimal(38, 4),
+        net_deposits Decimal(38, 4),
+        realized_pl Decimal(38, 4),
+        day_pl Decimal(38, 4),
+        positions UInt32
+    ) ENGINE = ReplacingMergeTree
+    ORDER BY (account_id, day)
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS position_snapshots (
+        account_id UUID,
+        day Date,
+        symbol LowCardinality(String),
+        qty Decimal(38, 6),
+        cost_basis Decimal(38, 4),
+        price Nullable(Decimal(18, 4)),
+        market_value Decimal(38, 4)
+    ) ENGINE = ReplacingMergeTree
+    ORDER BY (account_id, day, symbol)
+    """,
 ]
 
 

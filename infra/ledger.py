@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
@@ -31,6 +31,7 @@ from psycopg_pool import ConnectionPool
 from infra import account_events
 from infra.fills import FillRefused, record_fill
 from infra.topics import Topics
+from schemas.marketdata import utc_from_ns
 from schemas.oms import ORDER_COLUMNS, Order, encode, now_ns, order_from_row, order_wire
 from schemas.order_states import (
     OPEN,
@@ -45,6 +46,8 @@ from schemas.orders import OrderRequest, Placement, Side, full_reservation
 
 OUTBOX_CHANNEL = "tapeflow_outbox"
 ZERO = Decimal(0)
+# Answers that only end an order: for an order already expired they change nothing.
+LATE_ENDINGS = frozenset({"expired", "canceled", "rejected"})
 
 
 def _accounts_of(events: list[dict[str, Any]]) -> list[UUID]:
@@ -561,7 +564,7 @@ class Ledger:
         event_id = str(event["event_id"])
         order_id = UUID(str(event["order_id"]))
         kind = event["kind"]
-        at = datetime.fromtimestamp(int(event["at"]) / 1e9, UTC)
+        at = utc_from_ns(int(event["at"]))
         try:
             with conn.transaction():
                 # Lock the order before recording the event: the foreign key of
@@ -589,6 +592,11 @@ class Ledger:
         self, conn: psycopg.Connection, event: dict, order: Order, kind: str, at: datetime
     ) -> None:
         """`order` as _apply_one locked it (the event id insert does not change it)."""
+        if order.status == OrderStatus.EXPIRED and kind in LATE_ENDINGS:
+            # End of day (infra/eod.py) expired it in the ledger before the desk ended it
+            # on its own: nothing is left to end or release. A late fill or acknowledgement
+            # still is an anomaly (the desk worked an order the ledger had closed).
+            return
         if kind == "acknowledged":
             self._move(conn, order, OrderEvent.ACKNOWLEDGE, at, "submitted_at")
         elif kind == "rejected":

@@ -24,7 +24,9 @@ Each record's value is the row's payload with `"event_id": "o:<outbox id>"` spli
 first (schemas/oms.py), its key the row's key (the symbol).
 
 Entry points: `run_relay(settings, stop)` (blocks until `stop` is set), `tapeflow relay`
-and `python -m infra.outbox`.
+and `python -m infra.outbox`. The alerts topic (price alert definitions, infra/alerts.py)
+goes through the same outbox table with a relay of its own (`topic=`, its own lock and
+transactional id); `run_relays` runs one per topic, as `tapeflow run` and `relay` do.
 """
 
 from __future__ import annotations
@@ -74,9 +76,11 @@ def lock_key(topics: Sequence[str]) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def transactional_id(namespace: str) -> str:
-    """Fixed per namespace: every relay incarnation fences the one before."""
-    return f"tapeflow-outbox-relay:{namespace}"
+def transactional_id(namespace: str, stream: str | None = None) -> str:
+    """Fixed per namespace (and topic, for topics besides oms.orders): every relay
+    incarnation fences the one before."""
+    base = f"tapeflow-outbox-relay:{namespace}"
+    return base if stream is None else f"{base}:{stream}"
 
 
 def with_event_id(outbox_id: int, payload: bytes) -> bytes:
@@ -106,26 +110,32 @@ class RelayStats:
 
 
 class OutboxRelay:
-    """Relays the outbox rows of `settings.namespace`'s oms.orders topic."""
+    """Relays the outbox rows of `settings.namespace`'s oms.orders topic (or of `topic`,
+    e.g. the alerts topic: a relay of its own, with its own lock and transactional id)."""
 
     def __init__(
         self,
         settings: Settings,
         *,
+        topic: str | None = None,
         batch: int = BATCH,
         poll_s: float = POLL_S,
         linger_s: float = LINGER_S,
         name: str = "relay",
     ) -> None:
         self.settings = settings
-        self.topic = topics_of(settings).orders
+        orders = topics_of(settings).orders
+        self.topic = topic or orders
         self.topics = [self.topic]
         self.batch = batch
         self.poll_s = poll_s
         self.linger_s = linger_s
         self.name = name
         self.key = lock_key(self.topics)
-        self.txn_id = transactional_id(settings.namespace)
+        self.txn_id = transactional_id(
+            settings.namespace,
+            None if self.topic == orders else self.topic.removeprefix(settings.namespace),
+        )
         self.stats = RelayStats()
         self._select = (
             "SELECT id, key, payload FROM outbox WHERE sent_at IS NULL AND topic = %s "
@@ -453,6 +463,27 @@ def run_relay(settings: Settings, stop: threading.Event, **options) -> OutboxRel
     return relay
 
 
+def relayed_topics(settings: Settings) -> list[str]:
+    """Every topic written through the outbox: orders, and alert definitions."""
+    t = topics_of(settings)
+    return [t.orders, t.alerts]
+
+
+def run_relays(settings: Settings, stop: threading.Event) -> list[OutboxRelay]:
+    """One relay per relayed topic, each in a thread, until `stop` is set (blocking)."""
+    orders, *others = relayed_topics(settings)
+    relays = [OutboxRelay(settings, topic=orders)]
+    relays += [OutboxRelay(settings, topic=t, name=f"relay-{t.rsplit('.', 2)[-2]}") for t in others]
+    threads = [
+        threading.Thread(target=r.run, args=(stop,), name=r.name, daemon=True) for r in relays
+    ]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return relays
+
+
 def main() -> None:
     """Foreground relay; SIGINT or SIGTERM stops it after the batch in flight."""
     from infra.settings import get_settings
@@ -461,8 +492,13 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    relay = run_relay(get_settings(), stop)
-    log.info("stopped: %d rows sent, %d recovered", relay.stats.sent, relay.stats.recovered)
+    for relay in run_relays(get_settings(), stop):
+        log.info(
+            "%s stopped: %d rows sent, %d recovered",
+            relay.name,
+            relay.stats.sent,
+            relay.stats.recovered,
+        )
 
 
 if __name__ == "__main__":

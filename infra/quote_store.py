@@ -5,6 +5,8 @@ Layout (one hash per symbol keeps a read to a single round trip):
 - status:{SYM}  the same shape for trading status per venue
 - security:{SYM} the same shape for security directory entries per venue
 - symbols       set of every symbol ever seen (unknown symbols answer 404)
+- clock:feed_ns the newest event time (20-digit ns) the quotes flow has processed, only
+                ever moved forward: the market clock in feed mode (infra/market_view.py)
 Every accepted write is published on quotes:{SYM}, status:{SYM} or
 securities:{SYM} for fan-out. Trades and trade breaks are not stored: each one
 is published on trades:{SYM} as it comes (T "t" and T "x"), never conflated.
@@ -41,7 +43,18 @@ end
 return written
 """
 
+# KEYS[1] = ARGV[1] when that is newer: both are 20-digit ns strings, compared as strings.
+_ADVANCE_FEED_CLOCK = """
+local cur = redis.call('GET', KEYS[1])
+if not cur or #cur < #ARGV[1] or (#cur == #ARGV[1] and cur < ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
 SYMBOLS_KEY = "symbols"
+FEED_CLOCK_KEY = "clock:feed_ns"
 WRITES_PER_CALL = 500  # bounds how long one script call blocks Redis
 
 
@@ -100,15 +113,20 @@ class StoredQuote:
 
 
 def latest_per_key(events: Iterable[Event]) -> list[Quote | Status | Security]:
-    """Conflate a batch to the newest event per (kind, symbol, venue); older ones would lose."""
+    """Conflate a batch to the newest quote / security per (kind, symbol, venue) (older
+    ones would lose); every status passes, in order, so each halt and resumption the
+    store accepts is published (as the quotes flow does)."""
     best: dict[tuple[str, str, str], Quote | Status | Security] = {}
+    statuses: list[Status] = []
     for ev in events:
-        if isinstance(ev, Quote | Status | Security):
+        if isinstance(ev, Status):
+            statuses.append(ev)
+        elif isinstance(ev, Quote | Security):
             key = (ev.kind, ev.symbol, ev.venue)
             held = best.get(key)
             if held is None or _order(ev) > _order(held):
                 best[key] = ev
-    return list(best.values())
+    return [*best.values(), *statuses]
 
 
 # Redis key prefix and pub/sub channel prefix of each stored kind.
@@ -168,9 +186,12 @@ class QuoteStore:
             [publish_of(ev) for ev in events if isinstance(ev, Trade | TradeBreak)],
         )
 
-    def write(self, writes: Iterable[Write], publishes: Iterable[Publish] = ()) -> int:
+    def write(
+        self, writes: Iterable[Write], publishes: Iterable[Publish] = (), feed_ns: int | None = None
+    ) -> int:
         """Each write only if newer than what its (kind, symbol, venue) holds, publishing
-        the accepted ones; then every publish. How many writes moved forward."""
+        the accepted ones; then every publish; and the feed clock moved up to feed_ns
+        (never back), all in one round trip. How many writes moved forward."""
         pipe = self.redis.pipeline(transaction=False)
         # One script call per chunk, not per write: redis-py spends more time packing a
         # command than Redis spends running it. (Keys are built in the script, so this
@@ -191,9 +212,15 @@ class QuoteStore:
         n_scripts = len(pipe)
         for channel, payload in publishes:
             pipe.publish(channel, payload)
+        if feed_ns is not None:
+            pipe.eval(_ADVANCE_FEED_CLOCK, 1, FEED_CLOCK_KEY, f"{feed_ns:020d}")
         if not len(pipe):
             return 0
         return sum(pipe.execute()[:n_scripts])
+
+    def feed_ns(self) -> int | None:
+        """The newest event time the quotes flow has processed, None before any."""
+        return feed_ns(self.redis)
 
     def known(self, symbols: list[str]) -> list[bool]:
         return [bool(x) for x in self.redis.smismember(SYMBOLS_KEY, symbols)]
@@ -222,6 +249,11 @@ class QuoteStore:
     def statuses(self, symbol: str) -> dict[str, dict[str, Any]]:
         raw = self.redis.hgetall(f"status:{symbol}")
         return {f.decode(): orjson.loads(v) for f, v in raw.items() if not f.endswith(b":ns")}
+
+
+def feed_ns(client: redis.Redis) -> int | None:
+    raw = client.get(FEED_CLOCK_KEY)
+    return None if raw is None else int(raw)
 
 
 def _stored(d: dict[str, Any]) -> StoredQuote:

@@ -31,7 +31,8 @@ from infra.settings import Settings
 from infra.topics import ensure_topics
 
 # execution and ledger: the order side (oms.orders -> oms.executions -> PostgreSQL).
-FLOWS = ("normalize", "quotes", "candles", "execution", "ledger")
+# alerts: price alerts on md.trades/md.quotes -> PostgreSQL + account:{id} (flows/alerts.py).
+FLOWS = ("normalize", "quotes", "candles", "execution", "ledger", "alerts")
 log = logging.getLogger("tapeflow.run")
 
 
@@ -90,10 +91,10 @@ def start_flow_processes(names: tuple[str, ...], workers: int) -> None:
 
 
 def _run_relay(settings: Settings) -> None:
-    from infra.outbox import run_relay
+    from infra.outbox import run_relays
 
     try:
-        run_relay(settings, threading.Event())
+        run_relays(settings, threading.Event())  # oms.orders, and the alerts topic
         log.error("outbox relay ended")
     except BaseException:
         log.exception("outbox relay failed")
@@ -125,6 +126,7 @@ def run(
     workers: int = 1,
     split: bool = False,
     relay: bool = True,
+    eod: bool = True,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     here = tuple(f for f in flows if not split or f == "candles")
@@ -133,6 +135,11 @@ def run(
     start_flows(settings, here, workers)
     if relay:
         start_relay(settings, as_process=split)
+    if api and eod:
+        # End of day after each close, here: the API's process owns chDB (also --split).
+        from infra.eod_scheduler import start_scheduler
+
+        start_scheduler(settings)
     if api:
         from api.app import create_app
         from api.stream.app import UVICORN_WS_OPTIONS

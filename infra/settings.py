@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -45,6 +46,10 @@ class Settings(BaseSettings):
     # default; set, it starts at this UTC time when the process starts and runs with the
     # wall from there (demos and tests that replay a recorded day).
     clock_start: datetime | None = None
+    # Which clock that is: "wall" (the above), or "feed": the newest event time the quotes
+    # flow has processed, so a replayed session trades in that session's hours (the wall,
+    # or clock_start, until any feed time exists). GET /v1/clock says which answered.
+    clock: Literal["wall", "feed"] = "wall"
     # POST /v1/account/deposits for every user, not only operators (`tapeflow demo` sets it).
     allow_deposits: bool = False
     # The simulated venues' fill model (schemas/fill_model.py); the defaults are plain and

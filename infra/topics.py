@@ -51,6 +51,23 @@ class Topics:
         """Answers and fills from the execution side, keyed by account."""
         return f"{self.namespace}oms.executions"
 
+    @property
+    def alerts(self) -> str:
+        """Price alert definitions (each create, change, cancel) from the outbox, keyed by
+        symbol: what the alerts flow evaluates with the market data (flows/alerts.py)."""
+        return f"{self.namespace}alerts.definitions"
+
+    @property
+    def venue_reports(self) -> str:
+        """The simulated venues' own execution reports, keyed by symbol; kept for good
+        (see VENUE_REPORTS_CONFIG): what reconciliation checks the ledger against."""
+        return f"{self.namespace}venues.executions"
+
+
+# venues.executions: the venues' record, never deleted; stamped with the broker's time, so
+# offsets_for_times finds a day's first report (a report is written after its execution).
+VENUE_REPORTS_CONFIG = {"retention.ms": "-1", "message.timestamp.type": "LogAppendTime"}
+
 
 def topics_of(settings: Settings) -> Topics:
     return Topics(settings.namespace)
@@ -66,6 +83,8 @@ def all_topics(settings: Settings) -> list[str]:
         t.deadletter,
         t.orders,
         t.executions,
+        t.venue_reports,
+        t.alerts,
     ]
 
 
@@ -74,8 +93,14 @@ def ensure_topics(settings: Settings, wanted: list[str] | None = None) -> None:
     admin = AdminClient({"bootstrap.servers": settings.bootstrap})
     wanted = wanted or all_topics(settings)
     existing = set(admin.list_topics(timeout=10).topics)
+    reports = topics_of(settings).venue_reports
     missing = [
-        NewTopic(t, num_partitions=PARTITIONS, replication_factor=1)
+        NewTopic(
+            t,
+            num_partitions=PARTITIONS,
+            replication_factor=1,
+            config=VENUE_REPORTS_CONFIG if t == reports else {},
+        )
         for t in wanted
         if t not in existing
     ]

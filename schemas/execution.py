@@ -82,13 +82,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from schemas.fill_model import FillModel
-from schemas.marketdata import NBBO_VENUE
+from schemas.marketdata import NBBO_VENUE, utc_from_ns
 from schemas.oms import Order, order_from_wire
 from schemas.order_states import OrderStatus
 from schemas.orders import PRICE_PLACES, QTY_PLACES
@@ -128,8 +128,7 @@ def _ns(at: datetime) -> int:
     return int(at.timestamp()) * NS + at.microsecond * 1000
 
 
-def _dt(clock_ns: int) -> datetime:
-    return datetime.fromtimestamp(clock_ns // NS, UTC).replace(microsecond=clock_ns % NS // 1000)
+_dt = utc_from_ns
 
 
 def regular_window(clock_ns: int) -> tuple[int | None, int]:

@@ -9,6 +9,7 @@ consumer ever sees a float.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -213,3 +214,11 @@ def from_dict(data: dict[str, Any]) -> Event:
     if "conditions" in data:
         data["conditions"] = tuple(data["conditions"])
     return cls(**data)
+
+
+def utc_from_ns(ns: int) -> datetime:
+    """Integer ns since the epoch as an aware UTC datetime, exact to the microsecond (no
+    float: one would move some times by a microsecond)."""
+    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(
+        microsecond=ns % 1_000_000_000 // 1000
+    )

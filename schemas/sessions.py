@@ -1,8 +1,10 @@
-"""New York trading days and the day change of a price. Pure: no I/O.
+"""New York trading days, the market clock and the day change of a price. Pure: no I/O.
 
 Trading days follow the NYSE calendar (exchange_calendars' XNYS: weekends and
-exchange holidays are not sessions). Outside the calendar's range (it covers about
-twenty years back and one ahead) every weekday counts as a session.
+exchange holidays are not sessions, half days close at 13:00). Outside the calendar's
+range (it covers about twenty years back and one ahead) every weekday counts as a
+session for the clock and for order placement; `trading_days` (GET /v1/calendar)
+refuses such dates instead of inventing them.
 """
 
 from __future__ import annotations
@@ -140,3 +142,119 @@ def market_session(now: datetime) -> MarketSession:
     else:
         kind = "closed"
     return MarketSession(kind, local.date(), open_, close)
+
+
+# ---------------------------------------------------------------- trading days and the clock
+
+
+class OutsideCalendar(ValueError):
+    """A date the exchange calendar does not cover (its range moves with the machine's date)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TradingDay:
+    """One New York trading day's bounds, in UTC: pre-market from session_open to open,
+    the regular session from open to close (13:00 New York on half days), after-hours
+    from close to session_close (20:00 New York, half days too, as market_session has it)."""
+
+    date: date
+    session_open: datetime
+    open: datetime
+    close: datetime
+    session_close: datetime
+
+    @property
+    def early_close(self) -> bool:
+        return self.close.astimezone(ZoneInfo(NEW_YORK)).time() < REGULAR_CLOSE
+
+
+def _extended(day: date, open_: datetime, close: datetime) -> TradingDay:
+    ny = ZoneInfo(NEW_YORK)
+    return TradingDay(
+        day,
+        datetime.combine(day, PRE_OPEN, ny).astimezone(UTC),
+        open_,
+        close,
+        datetime.combine(day, POST_CLOSE, ny).astimezone(UTC),
+    )
+
+
+def trading_day(day: date) -> TradingDay | None:
+    """The bounds of a New York date, None when it is not a trading day."""
+    hours = regular_hours(day)
+    return None if hours is None else _extended(day, *hours)
+
+
+# Longer than any run of NYSE closures (weekends, holidays, the 2001 and 2012 closures).
+_MAX_CLOSED_RUN = 14
+
+
+def next_trading_day(day: date) -> date:
+    """The first New York trading day strictly after `day`."""
+    after = day + timedelta(days=1)
+    for _ in range(_MAX_CLOSED_RUN):
+        if is_trading_day(after):
+            return after
+        after += timedelta(days=1)
+    raise ValueError(f"no trading day within {_MAX_CLOSED_RUN} days after {day}")
+
+
+def calendar_range() -> tuple[date, date]:
+    """The first and last sessions the exchange calendar knows."""
+    cal = _nyse()
+    return cal.first_session.date(), cal.last_session.date()
+
+
+def trading_days(start: date, end: date) -> list[TradingDay]:
+    """Every trading day from start to end (both inclusive), oldest first; OutsideCalendar
+    when the range leaves the calendar's, rather than guessing days it does not know."""
+    first, last = calendar_range()
+    if start < first or end > last:
+        raise OutsideCalendar(
+            f"the exchange calendar covers {first.isoformat()} to {last.isoformat()}"
+        )
+    if start > end:
+        return []
+    # One slice of the schedule, not a lookup per day: a year is ~250 rows.
+    rows = _nyse().schedule.loc[start.isoformat() : end.isoformat()]
+    return [
+        _extended(
+            label.date(),
+            open_.to_pydatetime().astimezone(UTC),
+            close.to_pydatetime().astimezone(UTC),
+        )
+        for label, open_, close in zip(rows.index, rows["open"], rows["close"], strict=True)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ClockState:
+    """What GET /v1/clock says at `now`.
+
+    is_open: the regular session is on. next_open / next_close: the first regular open /
+    close strictly after now, on trading days only (weekends and holidays skipped).
+    day: the trading day now falls in (from its 04:00 to its 20:00 New York), or else the
+    next one, so its bounds always say when trading next starts and ends.
+    """
+
+    now: datetime
+    session: SessionKind
+    is_open: bool
+    next_open: datetime
+    next_close: datetime
+    day: TradingDay
+
+
+def clock_state(now: datetime) -> ClockState:
+    session = market_session(now)  # checks now is aware
+    today = trading_day(session.day)
+    following = trading_day(next_trading_day(session.day))
+    assert following is not None  # next_trading_day gives a trading day
+    return ClockState(
+        now=now,
+        session=session.kind,
+        is_open=session.kind == "regular",
+        next_open=today.open if today and now < today.open else following.open,
+        next_close=today.close if today and now < today.close else following.close,
+        day=today if today and now < today.session_close else following,
+    )

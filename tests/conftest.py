@@ -94,6 +94,9 @@ class Pipeline:
         self.topics = topics_of(self.settings)
         self.proc: subprocess.Popen | None = None
         self.log = home / "run.log"
+        # End of day closes a day for every account of the database, so a pipeline runs
+        # it only when its test asks (the scheduler has tests of its own).
+        self.eod = False
 
     @property
     def url(self) -> str:
@@ -102,6 +105,7 @@ class Pipeline:
     def start(self, *, workers: int = 1, split: bool = False) -> None:
         env = {**os.environ, **self.env}
         args = ["--workers", str(workers), *(["--split"] if split else [])]
+        args += [] if self.eod else ["--no-eod"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "infra.cli", "run", *args],

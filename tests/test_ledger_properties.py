@@ -461,6 +461,8 @@ class LedgerMachine(RuleBasedStateMachine):
         """Apply the answer to the model; 'applied' or 'anomaly' (the model unchanged)."""
         kind = event["kind"]
         m = self.orders[UUID(event["order_id"])]
+        if m.status == S.EXPIRED and kind in ("expired", "canceled", "rejected"):
+            return "applied"  # a late ending of an expired order changes nothing (EOD)
         try:
             if kind == "acknowledged":
                 m.status = transition(m.status, E.ACKNOWLEDGE)

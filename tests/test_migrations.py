@@ -51,11 +51,17 @@ LEDGER_TABLES = {
 }
 # 0004 adds the account events log (and accounts.event_seq).
 EVENT_TABLES = {"account_events"}
-HEAD = "0004"
+# 0005 alerts, 0006 end of day (and accounts.last_equity), 0007 reconciliation reports.
+ISSUE_6_TABLES = {
+    "0005": {"alerts", "alert_fires"},
+    "0006": {"eod_runs", "eod_accounts"},
+    "0007": {"reconciliation_reports", "reconciliation_items"},
+}
+HEAD = "0007"
 
 
 def head_tables() -> set[str]:
-    return set(TABLES_0001) | LEDGER_TABLES | EVENT_TABLES
+    return set(TABLES_0001) | LEDGER_TABLES | EVENT_TABLES | set().union(*ISSUE_6_TABLES.values())
 
 
 @pytest.fixture
@@ -241,3 +247,21 @@ def test_0004_account_events_and_the_relay_index(empty_db: Settings):
     downgrade(empty_db, "0003")
     assert "account_events" not in columns(empty_db)
     assert "event_seq" not in columns(empty_db)["accounts"]
+
+
+def test_0005_to_0007_each_step_down_removes_exactly_its_own(empty_db: Settings):
+    migrate(empty_db)
+    assert {"last_equity", "last_equity_day"} <= columns(empty_db)["accounts"]
+    for revision, below in (("0007", "0006"), ("0006", "0005"), ("0005", "0004")):
+        before = set(columns(empty_db))
+        downgrade(empty_db, below)
+        assert before - set(columns(empty_db)) == ISSUE_6_TABLES[revision]
+        assert current_revision(empty_db) == below
+    assert "last_equity" not in columns(empty_db)["accounts"]
+    with psycopg.connect(empty_db.postgres, autocommit=True) as conn:
+        index = conn.execute(
+            "SELECT 1 FROM pg_indexes WHERE indexname = 'executions_executed_at'"
+        ).fetchone()
+    assert index is None
+    migrate(empty_db)
+    assert current_revision(empty_db) == HEAD

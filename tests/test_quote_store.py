@@ -198,3 +198,16 @@ def test_equal_versions_give_the_same_result_whatever_the_batching(store):
 
 def test_apply_counts_one_write_per_new_security(store):
     assert store.apply([Security("NEWCO", "iex", 100, False, T0, T0)]) == 1
+
+
+def test_a_halt_and_its_resumption_in_one_batch_are_both_published_in_order(store):
+    listener = Listener(store, "status:HALT")
+    halt = Status("HALT", "iex", "halted", "T1", T0 + 1, T0 + 1)
+    resume = Status("HALT", "iex", "trading", "", T0 + 2, T0 + 2)
+    stale = Status("HALT", "iex", "paused", "LUDP", T0, T0)  # older than both: refused
+    assert store.apply([halt, stale, resume]) == 2
+    assert store.statuses("HALT")["iex"]["state"] == "trading"
+    assert listener.drain() == [
+        ("status:HALT", status_payload(halt)),
+        ("status:HALT", status_payload(resume)),
+    ]

@@ -85,6 +85,7 @@ def test_subscribe_and_unsubscribe_answer_the_full_set(stream: Start, token: str
             "bars": [],
             "statuses": [],
             "trade_updates": False,
+            "alerts": False,
         }
         sub = ws.subscribe(bars=[c], quotes=[b.lower()])  # case-insensitive; no duplicates
         assert (sub["quotes"], sub["trades"], sub["bars"]) == (sorted([a, b]), [a], [c])

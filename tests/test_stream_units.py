@@ -113,7 +113,7 @@ def test_subscription_rules() -> None:
     assert d.wild_removed == {"quotes"} and d.removed == {"trades": {"A"}}
     msg = orjson.loads(with_seq(s.message(), 1))
     assert msg == {"T": "subscription", "seq": 1, "quotes": [], "trades": [], "bars": [],
-                   "statuses": [], "trade_updates": False}  # fmt: skip
+                   "statuses": [], "trade_updates": False, "alerts": False}  # fmt: skip
 
 
 def test_a_connection_over_the_limit_may_still_shrink() -> None:

@@ -1,4 +1,5 @@
-"""One connection's trade_updates: its account's order events, in account seq order.
+"""One connection's account events: order events (trade_updates) and alert firings
+(alerts), in account seq order.
 
 The ledger flow logs each order event in PostgreSQL (`account_events`, numbered 1, 2,
 3 ... per account with no holes) and then PUBLISHes it to Redis `account:{id}`
@@ -20,6 +21,13 @@ event twice nor skips one:
 Events go out as {"T":"trade_update","seq":<connection seq>,"data":<the logged event>}
 through the session like any other non-quote event: never conflated; dropped only by
 a slow consumer's overflow, which a gap event reports.
+
+Alert firings (infra/alerts.py) are in the same log and numbering, with event "alert";
+they go out as {"T":"alert",...,"data":...} to a connection subscribed to `alerts`, and
+order events only to one subscribed to `trade_updates`. One feed serves both kinds: it
+reads the log once, in order, and `floor` keeps per kind the seq up to which that kind
+was already sent (or predates its subscription), so subscribing one kind with `since`
+replays only that kind's events.
 """
 
 from __future__ import annotations
@@ -40,12 +48,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("tapeflow.stream")
 
 KIND: Any = "trade_updates"  # the session's kind for these events (purged on unsubscribe)
+ALERTS: Any = "alerts"  # alert firings: logged events whose "event" is "alert"
 HEAD = b'{"T":"trade_update"'
+HEADS = {KIND: HEAD, ALERTS: b'{"T":"alert"'}
 PAGE = 500
 
 
-def piece(payload: bytes) -> tuple[bytes, bytes]:
-    return HEAD, b',"data":%b}' % payload
+def piece(payload: bytes, kind: str = KIND) -> tuple[bytes, bytes]:
+    return HEADS[kind], b',"data":%b}' % payload
+
+
+def kind_of(payload: bytes) -> str:
+    """alerts for an alert firing, trade_updates for an order's event."""
+    try:
+        return ALERTS if orjson.loads(payload).get("event") == "alert" else KIND
+    except (orjson.JSONDecodeError, AttributeError):
+        return KIND
 
 
 class AccountFeed:
@@ -54,15 +72,37 @@ class AccountFeed:
         self.channel = account_events.channel(account_id).encode()
         self.active = False
         self.last: int | None = None  # the last account seq given to the session
+        self.wants: set[str] = set()  # trade_updates and/or alerts
+        self.floor: dict[str, int] = {}  # per kind: its events up to this seq are not sent
         self.buffer: dict[int, bytes] = {}  # live events held while the log is read
         self.catching = False
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ control (the route)
 
-    def open(self) -> None:
+    def open(self, kinds: list[str] | None = None, since: int | None = None) -> None:
         """Subscribed at the hub: hold live events until `start`."""
         self.active, self.catching = True, True
+        self.wants = set(kinds or [KIND])
+        self.floor = {k: since for k in self.wants if since is not None}
+
+    def want(self, kinds: list[str], since: int, replay: bool) -> int | None:
+        """More kinds (or `since` again) on an open feed: their events after `since`.
+        Returns the seq to read the log from again (a replay below where the feed is),
+        else None: the feed goes on, and the floor skips what the kinds should not get."""
+        for k in kinds:
+            self.wants.add(k)
+            self.floor[k] = since
+        if replay and (self.last is None or since < self.last):
+            if self.last is not None:
+                for k in self.wants - set(kinds):  # already sent up to last: not again
+                    self.floor[k] = max(self.floor.get(k, 0), self.last)
+            return since
+        return None
+
+    def unwant(self, kind: str) -> None:
+        self.wants.discard(kind)
+        self.floor.pop(kind, None)
 
     def start(self, since: int | None) -> None:
         """From `since` (None: from the account's latest seq), once Redis confirmed."""
@@ -82,6 +122,8 @@ class AccountFeed:
         self._cancel()
         self.buffer.clear()
         self.last = None
+        self.wants.clear()
+        self.floor.clear()
 
     def _cancel(self) -> None:
         if self._task is not None and not self._task.done():
@@ -121,7 +163,9 @@ class AccountFeed:
         # Urgent: out with the next write, not after the session's batch interval (50 ms
         # by default). An order's owner waits on its fill; the events of one ledger
         # commit arrive together and still go out as one message.
-        self.session.push(KIND, "", piece(payload), urgent=True)
+        kind = kind_of(payload)
+        if kind in self.wants and seq > self.floor.get(kind, -1):
+            self.session.push(kind, "", piece(payload, kind), urgent=True)
         self.last = seq
 
     async def _catch_up(self) -> None:

@@ -62,13 +62,19 @@ class Ping:
 @dataclass(frozen=True, slots=True)
 class Change:
     """subscribe / unsubscribe: per kind, symbols and/or the wildcard; and the account's
-    own order events (trade_updates: True, or None when not mentioned), with `since`
-    the last account seq the client has (subscribe only)."""
+    own events: order events (trade_updates) and alert firings (alerts), each True or
+    None when not mentioned, with `since` the last account seq the client has (subscribe
+    only; one numbering for both)."""
 
     subscribe: bool
     symbols: dict[Kind, frozenset[str]] = field(default_factory=dict)
     trade_updates: bool | None = None
     since: int | None = None
+    alerts: bool | None = None
+
+    def account_kinds(self) -> list[str]:
+        """The account event kinds this change names."""
+        return [k for k in ACCOUNT_KINDS if getattr(self, k)]
 
 
 Action = Auth | Ping | Change
@@ -90,7 +96,7 @@ def parse_action(raw: str | bytes) -> Action:
     if action == "ping":
         return Ping(msg.get("id"))
     if action in ("subscribe", "unsubscribe"):
-        return Change(action == "subscribe", _kinds(msg), *_trade_updates(msg, action))
+        return Change(action == "subscribe", _kinds(msg), *_account_fields(msg, action))
     if not isinstance(action, str):
         raise ProtocolError("invalid_message", "a message needs a string 'action'")
     raise ProtocolError(
@@ -99,23 +105,30 @@ def parse_action(raw: str | bytes) -> Action:
     )
 
 
-ACCOUNT_FIELDS: Final = ("trade_updates", "since")
+# The account's own events (api/stream/account.py): order events and alert firings.
+ACCOUNT_KINDS: Final = ("trade_updates", "alerts")
+ACCOUNT_FIELDS: Final = ("trade_updates", "alerts", "since")
 
 
-def _trade_updates(msg: dict[str, Any], action: str) -> tuple[bool | None, int | None]:
-    """(trade_updates, since) of a subscribe / unsubscribe; the account is always the
-    connection's own (its API key's), so a message cannot name one."""
-    wanted = msg.get("trade_updates")
-    if wanted is not None and not isinstance(wanted, bool):
-        raise ProtocolError("invalid_message", "'trade_updates' must be true or false")
+def _account_fields(
+    msg: dict[str, Any], action: str
+) -> tuple[bool | None, int | None, bool | None]:
+    """(trade_updates, since, alerts) of a subscribe / unsubscribe; the account is always
+    the connection's own (its API key's), so a message cannot name one."""
+    orders, alerts = msg.get("trade_updates"), msg.get("alerts")
+    for name, wanted in (("trade_updates", orders), ("alerts", alerts)):
+        if wanted is not None and not isinstance(wanted, bool):
+            raise ProtocolError("invalid_message", f"'{name}' must be true or false")
     since = msg.get("since")
     if since is None:
-        return (wanted or None), None
-    if action != "subscribe" or wanted is not True:
-        raise ProtocolError("invalid_message", "'since' goes with a subscribe to trade_updates")
+        return (orders or None), None, (alerts or None)
+    if action != "subscribe" or not (orders is True or alerts is True):
+        raise ProtocolError(
+            "invalid_message", "'since' goes with a subscribe to trade_updates or alerts"
+        )
     if isinstance(since, bool) or not isinstance(since, int) or not 0 <= since < 2**63:
         raise ProtocolError("invalid_since", "'since' must be an account seq (an integer >= 0)")
-    return True, since
+    return (orders or None), since, (alerts or None)
 
 
 def _kinds(msg: dict[str, Any]) -> dict[Kind, frozenset[str]]:

@@ -10,7 +10,6 @@ import uuid
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketState
 
-from api.stream.account import KIND as TRADE_UPDATES
 from api.stream.account import AccountFeed
 from api.stream.auth import Principal, authenticate, bearer_token
 from api.stream.hub import Hub, hub_of
@@ -46,7 +45,8 @@ class Connection:
         self.id = uuid.uuid4().hex
         self.principal: Principal | None = None
         self.slot: str | None = None
-        self.feed: AccountFeed | None = None  # trade_updates, made on first subscribe
+        # trade_updates and alerts (the account's events), made on first subscribe
+        self.feed: AccountFeed | None = None
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -144,7 +144,7 @@ class Connection:
                 raise ProtocolError(
                     "invalid_since", f"since {since} is beyond the account's seq {head}"
                 )
-        elif change.subscribe and change.trade_updates and not self.subs.trade_updates:
+        elif change.subscribe and any(not getattr(self.subs, k) for k in change.account_kinds()):
             # Without since: every event after the account's seq now, before the
             # subscription is answered (what commits meanwhile is read from the log).
             since = await self._feed().head()
@@ -159,11 +159,11 @@ class Connection:
         for kind, symbols in snap.items():
             session.awaiting_snapshot |= {(kind, s) for s in symbols}
         waits = self.hub.apply(session, delta)
-        start = self._trade_updates(change, waits)
+        start = self._account_events(change, waits, since)
         session.push_control(self.subs.message())  # before any event of a new symbol
         await self.hub.confirmed(waits)
-        if start and self.feed is not None and self.subs.trade_updates:
-            self.feed.start(since)  # the log after `since`, then live events
+        if start is not None and self.feed is not None and self.feed.active:
+            self.feed.start(start)  # the log after `start`, then live events
         for kind, symbols in snap.items():
             await self.hub.snapshot(session, kind, symbols)
         for kind in wild_snap:
@@ -179,25 +179,36 @@ class Connection:
             self.feed = AccountFeed(self.session, self.principal.account_id, dsn)
         return self.feed
 
-    def _trade_updates(self, change: Change, waits: list[asyncio.Future[None]]) -> bool:
-        """Subscribe or unsubscribe the account's order events; True: (re)start the feed
-        once Redis confirms (a first subscribe, or one with `since`)."""
-        if change.trade_updates is None:
-            return False
+    def _account_events(
+        self, change: Change, waits: list[asyncio.Future[None]], since: int | None
+    ) -> int | None:
+        """Subscribe or unsubscribe the account's order events and/or alert firings; the
+        seq to (re)start the feed from once Redis confirms (a first subscribe, or one with
+        `since` below where the feed is), else None."""
+        kinds = change.account_kinds()
+        if not kinds:
+            return None
         feed = self._feed()
         if change.subscribe:
-            if not self.subs.trade_updates:
-                self.subs.trade_updates = True
-                feed.open()
+            first = not feed.active
+            for kind in kinds:
+                setattr(self.subs, kind, True)
+            if first:
+                feed.open(kinds, since)
                 waits += self.hub.watch_account(feed)
-                return True
-            return change.since is not None
-        if self.subs.trade_updates:
-            self.subs.trade_updates = False
+                return since
+            if since is None:
+                return None  # already subscribed, no since: nothing changes
+            return feed.want(kinds, since, replay=change.since is not None)
+        for kind in kinds:
+            if getattr(self.subs, kind):
+                setattr(self.subs, kind, False)
+                feed.unwant(kind)
+                self.session.purge(kind, None)
+        if feed.active and not feed.wants:
             self.hub.unwatch_account(feed)
             feed.stop()
-            self.session.purge(TRADE_UPDATES, None)
-        return False
+        return None
 
     # ------------------------------------------------------------ plumbing
 

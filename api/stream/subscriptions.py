@@ -31,6 +31,7 @@ class Subscriptions:
         self.symbols: dict[Kind, set[str]] = {k: set() for k in KINDS}
         self.wild: set[Kind] = set()
         self.trade_updates = False  # the account's order events (api/stream/account.py)
+        self.alerts = False  # the account's alert firings (the same feed)
 
     def has(self, kind: Kind, symbol: str) -> bool:
         return kind in self.wild or symbol in self.symbols[kind]
@@ -76,4 +77,5 @@ class Subscriptions:
             "subscription",
             **{k: [WILDCARD] if k in self.wild else sorted(self.symbols[k]) for k in KINDS},
             trade_updates=self.trade_updates,
+            alerts=self.alerts,
         )
