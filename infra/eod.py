@@ -129,6 +129,21 @@ def check_day(day: date, clock_now: datetime) -> None:
 # -- the run --------------------------------------------------------------------------
 
 
+def _figures(b: DayBook) -> tuple:
+    """A day's book in the column order eod_accounts and portfolio_snapshots share."""
+    return (
+        b.equity,
+        b.cash,
+        b.long_market_value,
+        b.cost_basis,
+        b.last_equity,
+        b.net_deposits,
+        b.realized_pl,
+        b.day_pl,
+        len(b.positions),
+    )
+
+
 def run_eod(
     settings: Settings,
     day: date,
@@ -182,21 +197,7 @@ def _run_locked(
             "last_equity, net_deposits, realized_pl, day_pl, positions) FROM STDIN"
         ) as copy:
             for account_id, b in books.items():
-                copy.write_row(
-                    (
-                        day,
-                        account_id,
-                        b.equity,
-                        b.cash,
-                        b.long_market_value,
-                        b.cost_basis,
-                        b.last_equity,
-                        b.net_deposits,
-                        b.realized_pl,
-                        b.day_pl,
-                        len(b.positions),
-                    )
-                )
+                copy.write_row((day, account_id, *_figures(b)))
         conn.execute(
             "UPDATE accounts a SET last_equity = e.equity, last_equity_day = e.day "
             "FROM eod_accounts e WHERE e.day = %s AND e.account_id = a.id "
@@ -498,21 +499,7 @@ POSITION_COLUMNS = ["account_id", "day", "symbol", "qty", "cost_basis", "price",
 def write_snapshots(ch: ClickHouse, day: date, books: dict[UUID, DayBook]) -> None:
     rows, positions = [], []
     for account_id, b in books.items():
-        rows.append(
-            [
-                account_id,
-                day,
-                b.equity,
-                b.cash,
-                b.long_market_value,
-                b.cost_basis,
-                b.last_equity,
-                b.net_deposits,
-                b.realized_pl,
-                b.day_pl,
-                len(b.positions),
-            ]
-        )
+        rows.append([account_id, day, *_figures(b)])
         for p in b.positions:
             positions.append(
                 [account_id, day, p.symbol, p.qty, p.cost_basis, p.current_price, p.market_value]
