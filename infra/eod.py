@@ -23,7 +23,9 @@ dates executions, lots and candles; PostgreSQL's now() dates cash transfers and 
 placement. The market cut-off is the end of the day (20:00 New York; a manual run after
 the regular close but before 20:00 cuts off at the clock's now); the ledger cut-off is
 the same instant in PostgreSQL's time, mapped by the market clock's offset from it when
-the run starts. With the wall clock both are the same instant.
+the run starts. With the wall clock both are the same instant. With the feed's clock
+(TAPEFLOW_CLOCK=feed, replays) the ledger cut-off is PostgreSQL's now when the run starts
+(the scheduler runs it within POLL_S of the feed passing the day's end).
 """
 
 from __future__ import annotations
@@ -108,9 +110,16 @@ class Cutoffs:
     ledger: datetime
 
 
-def cutoffs_for(day: date, clock_now: datetime, ledger_now: datetime) -> Cutoffs:
-    """The run's cut-offs (see the module's docstring)."""
+def cutoffs_for(
+    day: date, clock_now: datetime, ledger_now: datetime, *, feed: bool = False
+) -> Cutoffs:
+    """The run's cut-offs (see the module's docstring). With a feed clock the ledger's
+    cut-off is its now: a replay runs hours of feed in seconds, so the feed's distance
+    past the day's end says nothing about when, in PostgreSQL's time, the day ended;
+    what the ledger holds when the feed has moved past the day belongs to that day."""
     market = min(day_end(day), clock_now)
+    if feed:
+        return Cutoffs(market, ledger_now)
     return Cutoffs(market, min(ledger_now, ledger_now - (clock_now - market)))
 
 
@@ -178,7 +187,7 @@ def _run_locked(
         return found
     if found is None:
         ledger_now = db.fetchone(pool, "SELECT now()")[0]  # type: ignore[index]
-        cut = cutoffs_for(day, clock(), ledger_now)
+        cut = cutoffs_for(day, clock(), ledger_now, feed=settings.clock == "feed")
         db.fetchone(
             pool,
             "INSERT INTO eod_runs (day, status, market_cutoff, ledger_cutoff) "

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from infra.clickhouse import release_shared_clickhouse, shared_clickhouse
-from infra.eod import run_eod
+from infra.eod import cutoffs_for, run_eod
 from infra.eod_scheduler import EodScheduler
 from infra.market_view import FeedClock, clock_reading
 from infra.quote_store import FEED_CLOCK_KEY
@@ -363,3 +363,17 @@ def test_a_feed_clock_without_feed_time_closes_nothing(env):
     assert clock_reading(clock)[1] == "wall"
     assert EodScheduler(feed_settings, clock=clock).due() == []
     assert EodScheduler(settings, clock=lambda: later).due() != []  # the same time, a wall
+
+
+def test_cut_offs_map_the_wall_but_not_a_replayed_feed():
+    end = day_end(DAY)  # 20:00 New York
+    ledger_now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    # Wall clock, a catch-up run two hours after the day's end: the ledger as it was then.
+    wall = cutoffs_for(DAY, end + timedelta(hours=2), ledger_now)
+    assert (wall.market, wall.ledger) == (end, ledger_now - timedelta(hours=2))
+    # A manual run at 17:00 New York: both cut off now.
+    early = cutoffs_for(DAY, end - timedelta(hours=3), ledger_now)
+    assert (early.market, early.ledger) == (end - timedelta(hours=3), ledger_now)
+    # A replay whose feed is already hours into the next day: the ledger as it is now.
+    feed = cutoffs_for(DAY, end + timedelta(hours=15), ledger_now, feed=True)
+    assert (feed.market, feed.ledger) == (end, ledger_now)
