@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -54,6 +54,11 @@ ExactDecimal = Annotated[
     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}], "examples": ["10.25"]}),
 ]
 Interval = Literal["1m", "5m", "15m", "1h", "1d"]
+
+
+# The dates history and report routes take (query parameters outside answer 422): a day
+# arithmetic on year 1 or 9999 overflows datetime.
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(2100, 12, 31)
 
 
 class QuoteOut(BaseModel):

@@ -56,6 +56,8 @@ from schemas.eod import (
     day_end,
     money,
 )
+from schemas.execution import expiry_ns
+from schemas.marketdata import utc_to_ns
 from schemas.order_states import OPEN
 from schemas.sessions import previous_session, regular_hours
 
@@ -264,20 +266,36 @@ def expire_event_id(day: date, order_id: UUID) -> str:
 
 
 def expire_day_orders(settings: Settings, pool: ConnectionPool, day: date, cut: Cutoffs) -> int:
-    """Expire the open day/opg/cls orders placed by the ledger cut-off; how many (this
-    run's, an earlier attempt's included)."""
+    """Expire the open day/opg/cls orders placed by the ledger cut-off whose desk has
+    already let them lapse by the market cut-off; how many (this run's, an earlier
+    attempt's included).
+
+    Only orders a desk acknowledged, and only when their expiry as the desk computes it
+    (schemas.execution.expiry_ns from submitted_at, the feed time the desk took them) is
+    at or before the market cut-off: an order placed after the close (held, accepted,
+    for the next session) or an extended-hours order while after-hours still runs is
+    still being worked, and expiring it here would release a reservation its desk may
+    still fill against. The desk expires the same orders on its own; the ledger takes
+    that second ending as a no-op."""
     with pool.connection() as conn:
         rows = conn.execute(
-            "SELECT id, account_id FROM orders WHERE status = ANY(%s) "
-            "AND time_in_force = ANY(%s) AND created_at <= %s ORDER BY account_id, id",
+            "SELECT id, account_id, submitted_at, extended_hours FROM orders "
+            "WHERE status = ANY(%s) AND time_in_force = ANY(%s) AND created_at <= %s "
+            "AND submitted_at IS NOT NULL ORDER BY account_id, id",
             ([s.value for s in OPEN], list(DAY_TIFS), cut.ledger),
         ).fetchall()
+    market_ns = utc_to_ns(cut.market)
+    rows = [
+        (order_id, account_id)
+        for order_id, account_id, submitted_at, extended in rows
+        if expiry_ns(utc_to_ns(submitted_at), extended=extended) <= market_ns
+    ]
     if not rows:
         return 0
     import redis
 
     ledger = Ledger(pool, topics_of(settings))
-    at = int(cut.market.timestamp()) * 1_000_000_000 + cut.market.microsecond * 1_000
+    at = market_ns
     client = redis.Redis.from_url(settings.redis)
     expired = 0
     try:

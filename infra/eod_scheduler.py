@@ -3,7 +3,8 @@
 Every POLL_S seconds it reads the market clock (infra.market_view.clock_for: the wall,
 or the feed's time during a replay) and runs infra.eod.run_eod for each day
 schemas.eod.due_days names: every trading day whose 20:00 New York the clock has
-passed, after the newest day already closed, at most CATCH_UP_DAYS back. Days already
+passed, after the newest day already closed, at most CATCH_UP_DAYS back, once it has
+been due for a poll. Days already
 closed (by this process, another one, or `tapeflow eod`) are never run again; a run
 that fails is logged and tried again at the next poll.
 
@@ -44,6 +45,7 @@ class EodScheduler:
         self.poll_s = poll_s
         self.first_delay_s = first_delay_s
         self.stop = threading.Event()
+        self._seen: set[date] = set()  # due at the previous poll
 
     def due(self) -> list[date]:
         now, source = clock_reading(self.clock)
@@ -54,11 +56,16 @@ class EodScheduler:
         return due_days(now, done_days(pool, window[0], window[-1]))
 
     def tick(self) -> list[EodReport]:
-        """Close every day that is due now; the reports of the runs made."""
+        """Close every day that is due now and was due at the previous poll too (the
+        fills of a feed that just passed the day's end may still be on their way to the
+        ledger: a poll's wait lets them land); the reports of the runs made."""
+        due = self.due()
         out = []
-        for day in self.due():
-            log.info("EOD: %s is over, closing it", day)
-            out.append(run_eod(self.settings, day, clock=self.clock))
+        for day in due:
+            if day in self._seen:
+                log.info("EOD: %s is over, closing it", day)
+                out.append(run_eod(self.settings, day, clock=self.clock))
+        self._seen = set(due) - {r.day for r in out}
         return out
 
     def run(self) -> None:

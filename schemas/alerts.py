@@ -168,6 +168,9 @@ def patched(current: AlertTerms, changes: dict[str, Any]) -> AlertTerms:
     }
     if unknown:
         raise AlertRefused("invalid_parameter", f"cannot change {', '.join(sorted(unknown))}")
+    nulled = sorted(k for k in ("recurring", "source") if k in changes and changes[k] is None)
+    if nulled:
+        raise AlertRefused("invalid_parameter", f"{', '.join(nulled)} cannot be null")
     merged = replace(current, **changes)
     if "recurring" in changes and not merged.recurring and "cooldown_s" not in changes:
         merged = replace(merged, cooldown_s=None)

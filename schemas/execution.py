@@ -88,7 +88,7 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from schemas.fill_model import FillModel
-from schemas.marketdata import NBBO_VENUE, utc_from_ns
+from schemas.marketdata import NBBO_VENUE, utc_from_ns, utc_to_ns
 from schemas.oms import Order, order_from_wire
 from schemas.order_states import OrderStatus
 from schemas.orders import PRICE_PLACES, QTY_PLACES
@@ -124,8 +124,7 @@ def _restore(obj: Any, state: Any) -> dict[str, Any]:
     return values
 
 
-def _ns(at: datetime) -> int:
-    return int(at.timestamp()) * NS + at.microsecond * 1000
+_ns = utc_to_ns
 
 
 _dt = utc_from_ns

@@ -222,3 +222,9 @@ def utc_from_ns(ns: int) -> datetime:
     return datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(
         microsecond=ns % 1_000_000_000 // 1000
     )
+
+
+def utc_to_ns(at: datetime) -> int:
+    """An aware datetime as integer ns since the epoch (exact: no float)."""
+    delta = at - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000

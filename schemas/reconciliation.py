@@ -28,7 +28,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from schemas.marketdata import utc_from_ns
+from schemas.marketdata import utc_from_ns, utc_to_ns
 from schemas.orders import PRICE_PLACES, QTY_PLACES
 from schemas.sessions import NEW_YORK
 
@@ -70,9 +70,7 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 ns_to_datetime = utc_from_ns
 
 
-def to_ns(at: datetime) -> int:
-    delta = at - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * NS + delta.microseconds * 1000
+to_ns = utc_to_ns
 
 
 @dataclass(frozen=True, slots=True)

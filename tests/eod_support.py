@@ -75,8 +75,16 @@ class Book:
         return account.id, str(token)
 
     def order(
-        self, account: UUID, symbol: str, side: str, qty: str, limit: str, tif: str = "day"
+        self,
+        account: UUID,
+        symbol: str,
+        side: str,
+        qty: str,
+        limit: str,
+        tif: str = "day",
+        acked_at: datetime | None = None,
     ) -> UUID:
+        """A limit order placed, and acknowledged by its desk at `acked_at` (feed time)."""
         req = OrderRequest(
             symbol,
             Side(side),
@@ -86,7 +94,7 @@ class Book:
             limit_price=Decimal(limit),
         )
         order = self.ledger.place(account, req, place(req, market()))
-        got = self.answer("acknowledged", order.id, account, datetime.now(UTC))
+        got = self.answer("acknowledged", order.id, account, acked_at or datetime.now(UTC))
         assert got.outcome == "applied", got
         return order.id
 

@@ -258,6 +258,8 @@ def test_patch_changes_terms_and_tells_the_flow(env, user: User) -> None:
     assert resp.status_code == 200, resp.text
     b = resp.json()
     assert (b["price"], b["cooldown_s"], b["note"], b["version"]) == ("105.2500", 60, "higher", 2)
+    for null in ({"recurring": None}, {"source": None}):  # a 422, not a NOT NULL violation
+        assert_error(user.patch(f"/v1/alerts/{a['id']}", json=null), 422, "invalid_parameter")
     once = user.patch(f"/v1/alerts/{a['id']}", json={"recurring": False}).json()
     assert (once["recurring"], once["cooldown_s"], once["version"]) == (False, None, 3)
     rows = outbox_rows(settings, a["id"])

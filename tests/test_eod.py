@@ -100,17 +100,20 @@ def day(env):
     book.trade_at(a, "AAA", "buy", "10", "99.5000", at(10, 1))
     book.trade_at(a, "BBB", "buy", "4", "50.0000", at(11, 0))
     book.trade_at(a, "AAA", "sell", "4", "101.0000", at(14, 0))
-    day_buy = book.order(a, "AAA", "buy", "5", "90.0000")  # reserves 450
-    gtc_buy = book.order(a, "BBB", "buy", "1", "40.0000", tif="gtc")
-    day_sell = book.order(a, "BBB", "sell", "1", "60.0000")  # reserves 1 share
-    partial = book.order(a, "AAA", "buy", "2", "100.0000")
+    day_buy = book.order(a, "AAA", "buy", "5", "90.0000", acked_at=at(9, 45))  # reserves 450
+    gtc_buy = book.order(a, "BBB", "buy", "1", "40.0000", tif="gtc", acked_at=at(9, 45))
+    day_sell = book.order(a, "BBB", "sell", "1", "60.0000", acked_at=at(9, 45))  # 1 share
+    partial = book.order(a, "AAA", "buy", "2", "100.0000", acked_at=at(9, 45))
     book.fill(partial, a, "1", "100.0000", at(15, 0))  # half filled, rest expires
+    # Placed after the close: its desk works it in the next session, so it stays open.
+    next_session = book.order(b, "BBB", "buy", "1", "10.0000", acked_at=at(16, 30))
     report = run_eod(settings, DAY, clock=lambda: CLOSE_CLOCK, ch=ch)
     return {
         "a": a,
         "b": b,
         "token": token,
         "orders": (day_buy, gtc_buy, day_sell, partial),
+        "next_session": next_session,
         "report": report,
     }
 
@@ -136,6 +139,11 @@ def test_day_orders_expire_and_release_their_reservations(env, day):
     )
     assert held == (D(4), D(0))
     check_invariants(book.pool, day["a"])
+    # The order taken after the close keeps working, and keeps its reservation.
+    (after_close,) = _rows(book, "SELECT status FROM orders WHERE id = %s", day["next_session"])
+    assert after_close == ("new",)
+    (reserved,) = _rows(book, "SELECT reserved_cash FROM accounts WHERE id = %s", day["b"])
+    assert reserved == (D("10.0000"),)
 
 
 def _expected_a() -> dict[str, D]:
@@ -277,6 +285,14 @@ def test_portfolio_history_daily_and_intraday(env, day):
         assert D(daily["profit_loss_pct"][0]) == (want["day_pl"] / 100000).quantize(D("0.000001"))
         assert D(daily["base_value"]) == 0 and daily["timeframe"] == "1D"
 
+        for bad in (
+            "/v1/portfolio/history?date_end=9999-12-31&timeframe=1Min&period=1D",
+            "/v1/portfolio/history?date_end=0001-01-01",
+            "/v1/account/realized?end=9999-12-31",
+        ):
+            answer = client.get(bad, headers=auth)
+            assert (answer.status_code, answer.json()["code"]) == (422, "invalid_parameter")
+
         hourly = client.get("/v1/portfolio/history?period=1D&timeframe=1H", headers=auth).json()
         # Independently: bars 09:30, 10:30 ... 15:30 New York, valued at their end.
         fills = [  # (time, cash, symbol, qty)
@@ -377,3 +393,16 @@ def test_cut_offs_map_the_wall_but_not_a_replayed_feed():
     # A replay whose feed is already hours into the next day: the ledger as it is now.
     feed = cutoffs_for(DAY, end + timedelta(hours=15), ledger_now, feed=True)
     assert (feed.market, feed.ledger) == (end, ledger_now)
+
+
+def test_the_scheduler_waits_a_poll_before_closing_a_day(env, day):
+    """A feed that just passed a day's end may still have fills on their way to the
+    ledger: a day is closed only once it has been due for a whole poll."""
+    settings, book, _ch = env
+    monday_night = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)  # 11-30 21:00 New York
+    scheduler = EodScheduler(settings, clock=lambda: monday_night)
+    due = scheduler.due()
+    assert date(2026, 11, 30) in due
+    assert scheduler.tick() == []
+    assert not _rows(book, "SELECT day FROM eod_runs WHERE day = %s", date(2026, 11, 30))
+    assert [r.day for r in scheduler.tick()] == due

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from api.auth import CurrentPrincipal
 from api.deps import ClockDep, DbDep
 from api.errors import ERROR_RESPONSES, invalid
-from api.models import Money
+from api.models import FIRST_DAY, LAST_DAY, Money
 from infra import portfolio_history as ph
 from schemas.eod import (
     INTRADAY_PERIODS,
@@ -52,7 +52,8 @@ def get_history(
         Query(description="1Min, 5Min, 15Min, 1H or 1D (default: 1Min for 1D, 1H for 1W, else 1D)"),
     ] = None,
     date_end: Annotated[
-        date | None, Query(description="Last day (New York; default: today)")
+        date | None,
+        Query(description="Last day (New York; default: today)", ge=FIRST_DAY, le=LAST_DAY),
     ] = None,
     extended_hours: Annotated[
         bool, Query(description="Intraday bars from 04:00 to 20:00 New York")

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from api.auth import CurrentPrincipal
 from api.deps import ClockDep, DbDep
 from api.errors import ERROR_RESPONSES, invalid
-from api.models import Money
+from api.models import FIRST_DAY, LAST_DAY, Money
 from infra.realized import closed_lots
 from schemas.eod import gain_totals, ny_date
 
@@ -56,9 +56,17 @@ def get_realized(
     db: DbDep,
     clock: ClockDep,
     start: Annotated[
-        date | None, Query(description="First sale date, New York (default: 1 January)")
+        date | None,
+        Query(
+            description="First sale date, New York (default: 1 January)",
+            ge=FIRST_DAY,
+            le=LAST_DAY,
+        ),
     ] = None,
-    end: Annotated[date | None, Query(description="Last sale date (default: today)")] = None,
+    end: Annotated[
+        date | None,
+        Query(description="Last sale date (default: today)", ge=FIRST_DAY, le=LAST_DAY),
+    ] = None,
 ) -> RealizedOut:
     """The lots the account closed by selling, first in first out, sold from `start` to
     `end` (New York dates, both included; by default this year to date): quantity,
