@@ -56,9 +56,8 @@ from schemas.eod import (
     day_end,
     money,
 )
-from schemas.execution import expiry_ns
 from schemas.marketdata import utc_to_ns
-from schemas.order_states import OPEN
+from schemas.order_states import OPEN, OrderStatus
 from schemas.sessions import previous_session, regular_hours
 
 log = logging.getLogger("tapeflow.eod")
@@ -266,30 +265,25 @@ def expire_event_id(day: date, order_id: UUID) -> str:
 
 
 def expire_day_orders(settings: Settings, pool: ConnectionPool, day: date, cut: Cutoffs) -> int:
-    """Expire the open day/opg/cls orders placed by the ledger cut-off whose desk has
-    already let them lapse by the market cut-off; how many (this run's, an earlier
-    attempt's included).
+    """Expire the open day/opg/cls orders placed by the ledger cut-off that their desk
+    has let lapse by the market cut-off; how many (this run's, an earlier attempt's
+    included).
 
-    Only orders a desk acknowledged, and only when their expiry as the desk computes it
-    (schemas.execution.expiry_ns from submitted_at, the feed time the desk took them) is
-    at or before the market cut-off: an order placed after the close (held, accepted,
-    for the next session) or an extended-hours order while after-hours still runs is
-    still being worked, and expiring it here would release a reservation its desk may
-    still fill against. The desk expires the same orders on its own; the ledger takes
-    that second ending as a no-op."""
+    Left open, because their desk still works them: orders `accepted` (placed outside
+    the session they may trade in, held for the next one: an order taken after the
+    close belongs to the next day), and extended-hours orders while after-hours still
+    runs (a manual run before 20:00 New York). Expiring those here would release a
+    reservation their desk may still fill against. The desk expires the same orders on
+    its own; the ledger takes that second ending as a no-op."""
+    statuses = [s.value for s in OPEN if s != OrderStatus.ACCEPTED]
     with pool.connection() as conn:
         rows = conn.execute(
-            "SELECT id, account_id, submitted_at, extended_hours FROM orders "
-            "WHERE status = ANY(%s) AND time_in_force = ANY(%s) AND created_at <= %s "
-            "AND submitted_at IS NOT NULL ORDER BY account_id, id",
-            ([s.value for s in OPEN], list(DAY_TIFS), cut.ledger),
+            "SELECT id, account_id FROM orders WHERE status = ANY(%s) "
+            "AND time_in_force = ANY(%s) AND created_at <= %s "
+            "AND (NOT extended_hours OR %s) ORDER BY account_id, id",
+            (statuses, list(DAY_TIFS), cut.ledger, cut.market >= day_end(day)),
         ).fetchall()
     market_ns = utc_to_ns(cut.market)
-    rows = [
-        (order_id, account_id)
-        for order_id, account_id, submitted_at, extended in rows
-        if expiry_ns(utc_to_ns(submitted_at), extended=extended) <= market_ns
-    ]
     if not rows:
         return 0
     import redis

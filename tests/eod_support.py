@@ -82,9 +82,10 @@ class Book:
         qty: str,
         limit: str,
         tif: str = "day",
-        acked_at: datetime | None = None,
+        placed_at: datetime | None = None,
     ) -> UUID:
-        """A limit order placed, and acknowledged by its desk at `acked_at` (feed time)."""
+        """A limit order placed (in the regular session, or at `placed_at`), and
+        acknowledged by its desk unless held for the next session (`accepted`)."""
         req = OrderRequest(
             symbol,
             Side(side),
@@ -93,8 +94,11 @@ class Book:
             qty=Decimal(qty),
             limit_price=Decimal(limit),
         )
-        order = self.ledger.place(account, req, place(req, market()))
-        got = self.answer("acknowledged", order.id, account, acked_at or datetime.now(UTC))
+        view = market(now=placed_at) if placed_at else market()
+        order = self.ledger.place(account, req, place(req, view))
+        if order.status == "accepted":
+            return order.id
+        got = self.answer("acknowledged", order.id, account, datetime.now(UTC))
         assert got.outcome == "applied", got
         return order.id
 

@@ -100,13 +100,13 @@ def day(env):
     book.trade_at(a, "AAA", "buy", "10", "99.5000", at(10, 1))
     book.trade_at(a, "BBB", "buy", "4", "50.0000", at(11, 0))
     book.trade_at(a, "AAA", "sell", "4", "101.0000", at(14, 0))
-    day_buy = book.order(a, "AAA", "buy", "5", "90.0000", acked_at=at(9, 45))  # reserves 450
-    gtc_buy = book.order(a, "BBB", "buy", "1", "40.0000", tif="gtc", acked_at=at(9, 45))
-    day_sell = book.order(a, "BBB", "sell", "1", "60.0000", acked_at=at(9, 45))  # 1 share
-    partial = book.order(a, "AAA", "buy", "2", "100.0000", acked_at=at(9, 45))
+    day_buy = book.order(a, "AAA", "buy", "5", "90.0000")  # reserves 450
+    gtc_buy = book.order(a, "BBB", "buy", "1", "40.0000", tif="gtc")
+    day_sell = book.order(a, "BBB", "sell", "1", "60.0000")  # 1 share
+    partial = book.order(a, "AAA", "buy", "2", "100.0000")
     book.fill(partial, a, "1", "100.0000", at(15, 0))  # half filled, rest expires
-    # Placed after the close: its desk works it in the next session, so it stays open.
-    next_session = book.order(b, "BBB", "buy", "1", "10.0000", acked_at=at(16, 30))
+    # Placed after the close: held for the next session, so it stays open.
+    next_session = book.order(b, "BBB", "buy", "1", "10.0000", placed_at=at(16, 30))
     report = run_eod(settings, DAY, clock=lambda: CLOSE_CLOCK, ch=ch)
     return {
         "a": a,
@@ -141,7 +141,7 @@ def test_day_orders_expire_and_release_their_reservations(env, day):
     check_invariants(book.pool, day["a"])
     # The order taken after the close keeps working, and keeps its reservation.
     (after_close,) = _rows(book, "SELECT status FROM orders WHERE id = %s", day["next_session"])
-    assert after_close == ("new",)
+    assert after_close == ("accepted",)
     (reserved,) = _rows(book, "SELECT reserved_cash FROM accounts WHERE id = %s", day["b"])
     assert reserved == (D("10.0000"),)
 
