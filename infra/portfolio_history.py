@@ -39,7 +39,7 @@ from schemas.eod import (
     profit_loss,
     states_at,
 )
-from schemas.sessions import POST_CLOSE, PRE_OPEN, previous_session, regular_hours
+from schemas.sessions import AFTER_HOURS, PRE_OPEN, previous_session, regular_hours
 
 FAR = datetime(9999, 1, 1, tzinfo=UTC)
 
@@ -97,7 +97,7 @@ def session_bounds(day: date, extended: bool) -> tuple[datetime, datetime] | Non
         return hours
     return (
         datetime.combine(day, PRE_OPEN, NY).astimezone(UTC),
-        datetime.combine(day, POST_CLOSE, NY).astimezone(UTC),
+        hours[1] + AFTER_HOURS,
     )
 
 

@@ -27,7 +27,13 @@ from zoneinfo import ZoneInfo
 
 from schemas.orders import CASH_PLACES
 from schemas.portfolio import PositionValue, value_portfolio, value_position
-from schemas.sessions import POST_CLOSE, is_trading_day, previous_session
+from schemas.sessions import (
+    AFTER_HOURS,
+    POST_CLOSE,
+    is_trading_day,
+    previous_session,
+    regular_hours,
+)
 
 NY = ZoneInfo("America/New_York")
 ZERO = Decimal(0)
@@ -52,8 +58,11 @@ def ratio(num: Decimal, den: Decimal) -> Decimal:
 
 
 def day_end(day: date) -> datetime:
-    """20:00 New York on `day` (the end of extended hours), in UTC."""
-    return datetime.combine(day, POST_CLOSE, NY).astimezone(UTC)
+    """The end of `day`'s extended hours (20:00 New York, 17:00 on a half day), in UTC."""
+    hours = regular_hours(day)
+    if hours is None:
+        return datetime.combine(day, POST_CLOSE, NY).astimezone(UTC)
+    return hours[1] + AFTER_HOURS
 
 
 def day_start(day: date) -> datetime:

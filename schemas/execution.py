@@ -92,7 +92,7 @@ from schemas.marketdata import NBBO_VENUE, utc_from_ns, utc_to_ns
 from schemas.oms import Order, order_from_wire
 from schemas.order_states import OrderStatus
 from schemas.orders import PRICE_PLACES, QTY_PLACES
-from schemas.sessions import NEW_YORK, POST_CLOSE, PRE_OPEN, market_session, regular_hours
+from schemas.sessions import AFTER_HOURS, NEW_YORK, PRE_OPEN, market_session, regular_hours
 
 Answer = dict[str, Any]
 DEDUP_WINDOW = 1024
@@ -163,7 +163,7 @@ def session_window(clock_ns: int) -> Window:
     if session.open is None or session.close is None:
         return Window("closed", midnight, start)
     pre = _ns(datetime.combine(day, PRE_OPEN, _NY))
-    post = _ns(datetime.combine(day, POST_CLOSE, _NY))
+    post = _ns(session.close + AFTER_HOURS)
     bounds = sorted({start, pre, _ns(session.open), _ns(session.close), post, midnight})
     until = next(b for b in bounds if b > clock_ns)
     start = max(b for b in bounds if b <= clock_ns)
@@ -181,13 +181,13 @@ def _trading_day_on_or_after(day: date) -> tuple[date, tuple[datetime, datetime]
 
 def expiry_ns(clock_ns: int, *, extended: bool) -> int:
     """When a day order that becomes active at `clock_ns` expires: the close of the
-    regular session it is in or the next one (extended hours: 20:00 New York of that
-    trading day, or of the next one after 20:00)."""
+    regular session it is in or the next one (extended hours: the end of that trading
+    day's after-hours, 20:00 New York or 17:00 on a half day, or of the next one's)."""
     now = _dt(clock_ns)
     day = now.astimezone(_NY).date()
     while True:
         day, (_, close) = _trading_day_on_or_after(day)
-        end = datetime.combine(day, POST_CLOSE, _NY) if extended else close
+        end = close + AFTER_HOURS if extended else close
         if now < end:
             return _ns(end)
         day += timedelta(days=1)

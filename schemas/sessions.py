@@ -74,6 +74,9 @@ PRE_OPEN = time(4, 0)
 REGULAR_OPEN = time(9, 30)
 REGULAR_CLOSE = time(16, 0)
 POST_CLOSE = time(20, 0)
+# After-hours runs four hours past the regular close: to 20:00, or 17:00 on a half day
+# (NYSE Arca's late session on early-close days).
+AFTER_HOURS = timedelta(hours=4)
 SessionKind = Literal["pre", "regular", "post", "closed"]
 
 
@@ -122,7 +125,8 @@ def regular_hours(day: date) -> tuple[datetime, datetime] | None:
 
 
 def market_session(now: datetime) -> MarketSession:
-    """pre 04:00–09:30, regular 09:30–close, post close–20:00 New York, else closed."""
+    """pre 04:00–09:30, regular 09:30–close, post close–close + 4 h (20:00, 17:00 on a half
+    day) New York, else closed."""
     if now.tzinfo is None:
         raise ValueError("market_session needs an aware datetime")
     ny = ZoneInfo(NEW_YORK)
@@ -132,7 +136,7 @@ def market_session(now: datetime) -> MarketSession:
         return MarketSession("closed", local.date(), None, None)
     open_, close = hours
     pre = datetime.combine(local.date(), PRE_OPEN, ny)
-    post = datetime.combine(local.date(), POST_CLOSE, ny)
+    post = close + AFTER_HOURS
     if open_ <= now < close:
         kind: SessionKind = "regular"
     elif pre <= now < open_:
@@ -175,7 +179,7 @@ def _extended(day: date, open_: datetime, close: datetime) -> TradingDay:
         datetime.combine(day, PRE_OPEN, ny).astimezone(UTC),
         open_,
         close,
-        datetime.combine(day, POST_CLOSE, ny).astimezone(UTC),
+        close + AFTER_HOURS,
     )
 
 

@@ -50,7 +50,7 @@ def test_the_thanksgiving_week_has_its_holiday_and_its_half_day():
     assert half.early_close and not any(d.early_close for d in days if d is not half)
     assert half.open == utc("2026-11-27T14:30:00") and half.close == utc("2026-11-27T18:00:00")
     assert half.session_open == utc("2026-11-27T09:00:00")  # 04:00 New York
-    assert half.session_close == utc("2026-11-28T01:00:00")  # 20:00 New York
+    assert half.session_close == utc("2026-11-27T22:00:00")  # 17:00 New York: close + 4 h
     assert days[1].close == utc("2026-11-24T21:00:00")
 
 
@@ -97,9 +97,11 @@ def test_single_days_and_the_next_trading_day():
         # Wednesday evening: the next day is the half day, past the holiday
         (ny(WED, 21), "closed", ny(HALF_DAY, 9, 30), ny(HALF_DAY, 13), HALF_DAY),
         (ny(THANKSGIVING, 12), "closed", ny(HALF_DAY, 9, 30), ny(HALF_DAY, 13), HALF_DAY),
-        # The half day: regular until 13:00, then after-hours until 20:00
+        # The half day: regular until 13:00, then after-hours until 17:00
         (ny(HALF_DAY, 12, 59), "regular", ny(MON, 9, 30), ny(HALF_DAY, 13), HALF_DAY),
         (ny(HALF_DAY, 13), "post", ny(MON, 9, 30), ny(MON, 16), HALF_DAY),
+        (ny(HALF_DAY, 16, 59), "post", ny(MON, 9, 30), ny(MON, 16), HALF_DAY),
+        (ny(HALF_DAY, 17), "closed", ny(MON, 9, 30), ny(MON, 16), MON),
         (ny(HALF_DAY, 20, 30), "closed", ny(MON, 9, 30), ny(MON, 16), MON),
         # The weekend
         (ny(SAT, 12), "closed", ny(MON, 9, 30), ny(MON, 16), MON),

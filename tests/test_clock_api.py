@@ -175,11 +175,11 @@ def test_the_clock_gives_the_trading_days_bounds_by_session(env, client):
         "open": "09:30",
         "close": "13:00",
         "session_open": "04:00",
-        "session_close": "20:00",
+        "session_close": "17:00",
         "open_utc": "2026-11-27T14:30:00.000000000Z",
         "close_utc": "2026-11-27T18:00:00.000000000Z",
         "session_open_utc": "2026-11-27T09:00:00.000000000Z",
-        "session_close_utc": "2026-11-28T01:00:00.000000000Z",
+        "session_close_utc": "2026-11-27T22:00:00.000000000Z",
         "early_close": True,
     }
 
