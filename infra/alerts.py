@@ -293,6 +293,16 @@ class AccountAlerts:
             if row[11] != "active":
                 raise AlertRefused("alert_not_active", f"alert {alert_id} is {row[11]}")
             terms = patched(_terms(row), changes)
+            if set(changes) <= {"note"}:
+                # The flow never sees the note: a new version would only make it refuse
+                # a firing computed on the current one (a crossing lost to an edit).
+                row = conn.execute(
+                    f"UPDATE alerts SET note = %s, updated_at = now() WHERE id = %s "
+                    f"RETURNING {_COLUMNS}",
+                    (terms.note, alert_id),
+                ).fetchone()
+                assert row is not None
+                return alert_json(row)
             row = conn.execute(
                 "UPDATE alerts SET price = %s, percent = %s, direction = %s, source = %s, "
                 "recurring = %s, cooldown_s = %s, note = %s, version = version + 1, "

@@ -262,6 +262,8 @@ def test_patch_changes_terms_and_tells_the_flow(env, user: User) -> None:
         assert_error(user.patch(f"/v1/alerts/{a['id']}", json=null), 422, "invalid_parameter")
     once = user.patch(f"/v1/alerts/{a['id']}", json={"recurring": False}).json()
     assert (once["recurring"], once["cooldown_s"], once["version"]) == (False, None, 3)
+    noted = user.patch(f"/v1/alerts/{a['id']}", json={"note": "only words"}).json()
+    assert (noted["note"], noted["version"]) == ("only words", 3), "no new version for a note"
     rows = outbox_rows(settings, a["id"])
     assert [(r["alert"]["version"], r["alert"]["price"]) for r in rows] == [
         (1, "100.0000"),
