@@ -1,9 +1,11 @@
 """Account events: every order event of an account, numbered, logged, then published.
 
-Ledger.apply notes each status change it makes (`note`, called by Ledger._move) and
-each fill; at the end of its transaction `record` writes them to `account_events`
-(migration 0004), each numbered by bumping `accounts.event_seq`, so an account's
-events are 1, 2, 3 ... with no holes, in commit order. After the commit the ledger flow
+Ledger.apply_batch (infra/ledger_batch.py) notes each status change it makes and each
+fill, renders each as `payload` (the order as that event left it), and at the end of its
+transaction writes them to `account_events` (migration 0004), numbered after the
+account's `accounts.event_seq`, which the same statement bumps by their count; the
+account row stays locked to the commit, so an account's events are 1, 2, 3 ... with no
+holes, in commit order. After the commit the ledger flow
 `publish`es them to the Redis channel `account:{account_id}`, where WS /v1/stream
 picks them up (api/stream/account.py). PostgreSQL is the truth: a publish that fails
 loses nothing, the stream reads the log when it sees a hole or a client reconnects.
@@ -25,8 +27,6 @@ not logged here: their HTTP answer carries the order (README "Account updates").
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -36,7 +36,7 @@ from uuid import UUID
 import orjson
 import psycopg
 
-from schemas.oms import ORDER_COLUMNS, Order, order_from_row
+from schemas.oms import Order
 from schemas.order_states import OrderEvent
 
 log = logging.getLogger("tapeflow.account_events")
@@ -70,43 +70,6 @@ class AccountEvent:
     payload: bytes  # the JSON object as logged (and streamed under "data")
 
 
-@dataclass(slots=True)
-class _Noted:
-    order_id: UUID
-    event: str
-    fill: dict[str, Any] | None = None
-    position_qty: Decimal | None = None  # the position after the fill, when known
-
-
-# The events of the transaction Ledger.apply is running on this thread (None: not
-# inside apply, nothing is noted).
-_current = threading.local()
-
-
-def begin() -> None:
-    _current.noted = []
-
-
-def end() -> list[_Noted]:
-    noted: list[_Noted] = getattr(_current, "noted", None) or []
-    _current.noted = None
-    return noted
-
-
-def note(
-    order_id: UUID,
-    event: OrderEvent | str,
-    fill: dict[str, Any] | None = None,
-    position_qty: Decimal | None = None,
-) -> None:
-    """Called by the ledger for each status change (and fill) inside `apply`."""
-    noted = getattr(_current, "noted", None)
-    if noted is None:
-        return
-    name = EVENT_NAMES.get(event, str(event)) if isinstance(event, OrderEvent) else event
-    noted.append(_Noted(order_id, name, fill, position_qty))
-
-
 _INSERT = (
     "WITH s AS (UPDATE accounts SET event_seq = event_seq + 1 WHERE id = %(a)s "
     "RETURNING event_seq) "
@@ -117,37 +80,25 @@ _INSERT = (
 )
 
 
-def record(conn: psycopg.Connection, noted: Iterable[_Noted], at: datetime) -> list[AccountEvent]:
-    """Write the noted events in the caller's transaction, last thing before its commit
-    (the account row is locked last, after the orders and positions)."""
-    out: list[AccountEvent] = []
-    for n in noted:
-        row = conn.execute(
-            f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = %s", (n.order_id,)
-        ).fetchone()
-        if row is None:
-            continue
-        order = order_from_row(row)
-        payload: dict[str, Any] = {
-            "event": n.event,
-            "seq": 0,
-            "at": _iso(at),
-            "order": render_order(order),
-        }
-        if n.fill is not None:
-            payload.update(_fill_fields(conn, order, n.fill, n.position_qty))
-        got = conn.execute(
-            _INSERT,
+def payload(
+    order: Order,
+    event: str,
+    at: datetime,
+    fill: dict[str, Any] | None = None,
+    position_qty: Decimal | None = None,
+) -> dict[str, Any]:
+    """The event as logged and streamed; its "seq" is filled in when it is written."""
+    out: dict[str, Any] = {"event": event, "seq": 0, "at": _iso(at), "order": render_order(order)}
+    if fill is not None:
+        out.update(
             {
-                "a": order.account_id,
-                "e": n.event,
-                "o": order.id,
-                "at": at,
-                "p": orjson.dumps(payload).decode(),
-            },
-        ).fetchone()
-        assert got is not None
-        out.append(AccountEvent(order.account_id, int(got[0]), got[1].encode()))
+                "execution_id": str(fill.get("exec_id") or fill["event_id"]),
+                "qty": str(Decimal(str(fill["qty"])).quantize(QTY)),
+                "price": str(Decimal(str(fill["price"])).quantize(PRICE)),
+                "venue": str(fill.get("venue", "")),
+                "position_qty": str(position_qty),
+            }
+        )
     return out
 
 
@@ -168,24 +119,6 @@ def append(
     ).fetchone()
     assert got is not None, "no such account"
     return AccountEvent(account_id, int(got[0]), got[1].encode())
-
-
-def _fill_fields(
-    conn: psycopg.Connection, order: Order, fill: dict[str, Any], held: Decimal | None
-) -> dict[str, Any]:
-    if held is None:
-        row = conn.execute(
-            "SELECT qty FROM positions WHERE account_id = %s AND symbol = %s",
-            (order.account_id, order.symbol),
-        ).fetchone()
-        held = row[0] if row else Decimal(0)
-    return {
-        "execution_id": str(fill.get("exec_id") or fill["event_id"]),
-        "qty": str(Decimal(str(fill["qty"])).quantize(QTY)),
-        "price": str(Decimal(str(fill["price"])).quantize(PRICE)),
-        "venue": str(fill.get("venue", "")),
-        "position_qty": str(held),
-    }
 
 
 def _iso(t: datetime) -> str:

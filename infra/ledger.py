@@ -10,8 +10,9 @@ Every change to money or to an order is one transaction here:
 - answers from the execution side (`apply`) are recorded by event id first, so a
   redelivered answer changes nothing, and an answer the state machine refuses is
   stored as an anomaly rather than applied.
-Fills (executions, positions, lots, cash) arrive the same way, as `fill` answers, and
-are applied by infra/fills.py inside the same kind of transaction.
+Fills (executions, positions, lots, cash) arrive the same way, as `fill` answers.
+Answers are applied in batches, a few round trips each (infra/ledger_batch.py, with
+fills by infra/fills.py).
 """
 
 from __future__ import annotations
@@ -29,20 +30,16 @@ from psycopg import errors
 from psycopg_pool import ConnectionPool
 
 from infra import account_events
-from infra.fills import FillRefused, record_fill
 from infra.topics import Topics
-from schemas.marketdata import utc_from_ns
 from schemas.oms import ORDER_COLUMNS, Order, encode, now_ns, order_from_row, order_wire
 from schemas.order_states import (
     OPEN,
-    TERMINAL,
     IllegalTransition,
     OrderEvent,
     OrderStatus,
-    allowed,
     transition,
 )
-from schemas.orders import OrderRequest, Placement, Side, full_reservation
+from schemas.orders import OrderRequest, Placement, Side
 
 OUTBOX_CHANNEL = "tapeflow_outbox"
 ZERO = Decimal(0)
@@ -542,228 +539,16 @@ class Ledger:
 
     def apply_batch(self, events: list[dict[str, Any]]) -> list[Applied]:
         """Apply events in order, in ONE transaction (one commit, one WAL flush, for the
-        whole batch): each under its own savepoint, so an anomaly or a refused fill is
-        recorded without undoing the others. Nothing is visible before the commit; a
-        failure (deadlock, database down) undoes the whole batch, which is safe to apply
-        again.
+        whole batch) and a few round trips (infra/ledger_batch.py): an anomaly or a
+        refused fill is recorded without undoing the others, and leaves nothing else.
+        Nothing is visible before the commit; a failure (deadlock, database down) undoes
+        the whole batch, which is safe to apply again.
 
         The accounts of a batch are locked first, in id order, as order placement locks
         them (infra/order_batch.py sorts its batches by account): a batch that met them
         in event order deadlocked with placements, and each deadlock cost PostgreSQL's
         deadlock_timeout (1 s) before one side gave up and retried."""
-        accounts = _accounts_of(events)
+        from infra.ledger_batch import apply_events
+
         with self.pool.connection() as conn, conn.transaction():
-            if len(accounts) > 1:
-                conn.execute(
-                    "SELECT 1 FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                    (accounts,),
-                ).fetchall()
-            return [self._apply_one(conn, event) for event in events]
-
-    def _apply_one(self, conn: psycopg.Connection, event: dict[str, Any]) -> Applied:
-        event_id = str(event["event_id"])
-        order_id = UUID(str(event["order_id"]))
-        kind = event["kind"]
-        at = utc_from_ns(int(event["at"]))
-        try:
-            with conn.transaction():
-                # Lock the order before recording the event: the foreign key of
-                # applied_events would take a share lock first, and two answers for
-                # one order upgrading theirs to FOR UPDATE deadlock.
-                order = self._lock_any(conn, order_id)
-                first = conn.execute(
-                    "INSERT INTO applied_events (id, order_id, kind) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (id) DO NOTHING RETURNING id",
-                    (event_id, order_id, kind),
-                ).fetchone()
-                if first is None:
-                    return Applied(event_id, "duplicate")
-                account_events.begin()
-                try:
-                    self._apply(conn, event, order, kind, at)
-                finally:
-                    noted = account_events.end()
-                written = account_events.record(conn, noted, at)
-                return Applied(event_id, "applied", events=tuple(written))
-        except (IllegalTransition, _Anomaly, FillRefused) as exc:
-            return self._anomaly(conn, event, order_id, kind, str(exc))
-
-    def _apply(
-        self, conn: psycopg.Connection, event: dict, order: Order, kind: str, at: datetime
-    ) -> None:
-        """`order` as _apply_one locked it (the event id insert does not change it)."""
-        if order.status == OrderStatus.EXPIRED and kind in LATE_ENDINGS:
-            # End of day (infra/eod.py) expired it in the ledger before the desk ended it
-            # on its own: nothing is left to end or release. A late fill or acknowledgement
-            # still is an anomaly (the desk worked an order the ledger had closed).
-            return
-        if kind == "acknowledged":
-            self._move(conn, order, OrderEvent.ACKNOWLEDGE, at, "submitted_at")
-        elif kind == "rejected":
-            self._release(conn, order)
-            self._move(
-                conn, order, OrderEvent.REJECT, at, "failed_at", reason=event.get("reason", "")
-            )
-        elif kind == "canceled":
-            self._release(conn, order)
-            self._move(conn, order, OrderEvent.CANCEL, at, "canceled_at")
-        elif kind == "expired":
-            if order.status == OrderStatus.PENDING_REPLACE and order.replaced_by is not None:
-                # The replace can no longer take effect: its new order goes too.
-                new = self._lock_any(conn, order.replaced_by)
-                if new.status in OPEN:
-                    self._release(conn, new)
-                    end = OrderEvent.REJECT if allowed(new.status, OrderEvent.REJECT) else None
-                    self._move(
-                        conn,
-                        new,
-                        end or OrderEvent.EXPIRE,
-                        at,
-                        "failed_at" if end else "expired_at",
-                        reason="the order it replaces expired" if end else None,
-                    )
-            self._release(conn, order)
-            self._move(conn, order, OrderEvent.EXPIRE, at, "expired_at")
-        elif kind == "cancel_rejected":
-            # Too late because the order already filled (or ended): nothing to restore.
-            if order.status not in TERMINAL:
-                self._move(conn, order, OrderEvent.CANCEL_REJECT, at, None)
-        elif kind == "replaced":
-            new = self._replacement(conn, order, event)
-            transition(order.status, OrderEvent.REPLACE)  # both legal before any change
-            transition(new.status, OrderEvent.ACKNOWLEDGE)
-            self._transfer(conn, order, new)  # first: a replaced order reserves nothing
-            self._move(conn, order, OrderEvent.REPLACE, at, "replaced_at")
-            self._move(conn, new, OrderEvent.ACKNOWLEDGE, at, "submitted_at")
-        elif kind == "replace_rejected":
-            new = self._replacement(conn, order, event)
-            transition(new.status, OrderEvent.REJECT)  # legal before any change
-            # The old order may have filled (or expired) before the replace reached the
-            # desk, which is why it was refused: then only the replacement goes.
-            if order.status not in TERMINAL:
-                self._move(conn, order, OrderEvent.REPLACE_REJECT, at, None)
-            self._release(conn, new)
-            self._move(
-                conn, new, OrderEvent.REJECT, at, "failed_at", reason=event.get("reason", "")
-            )
-        elif kind == "fill":
-            status, held = record_fill(conn, order, event, at)
-            done = status == OrderStatus.FILLED
-            account_events.note(
-                order.id, "fill" if done else "partial_fill", fill=event, position_qty=held
-            )
-        else:
-            raise _Anomaly(f"unknown answer kind {kind!r}")
-
-    def _replacement(self, conn: psycopg.Connection, old: Order, event: dict) -> Order:
-        """The order a replace answer names, locked; it must be the one replacing `old`."""
-        new = self._lock_any(conn, UUID(str(event["replaced_by"])))
-        if new.replaces != old.id or old.replaced_by != new.id:
-            raise _Anomaly(f"order {new.id} does not replace {old.id}")
-        return new
-
-    def _lock_any(self, conn: psycopg.Connection, order_id: UUID) -> Order:
-        row = conn.execute(
-            f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = %s FOR UPDATE", (order_id,)
-        ).fetchone()
-        order = _order_of(row)
-        if order is None:
-            raise _Anomaly(f"no order {order_id}")
-        return order
-
-    def _move(
-        self,
-        conn: psycopg.Connection,
-        order: Order,
-        event: OrderEvent,
-        at: datetime,
-        stamp: str | None,
-        reason: str | None = None,
-    ) -> None:
-        status = transition(order.status, event, has_fills=order.filled_qty > 0)
-        sets = ["status = %s", "updated_at = now()", "version = version + 1"]
-        params: list[Any] = [status.value]
-        if stamp:
-            sets.append(f"{stamp} = COALESCE({stamp}, %s)")
-            params.append(at)
-        if reason is not None:
-            sets.append("reject_reason = %s")
-            params.append(reason)
-        params.append(order.id)
-        conn.execute(f"UPDATE orders SET {', '.join(sets)} WHERE id = %s", params)
-        account_events.note(order.id, event)
-
-    def _release(self, conn: psycopg.Connection, order: Order) -> None:
-        """Give back everything the order still reserves."""
-        if order.reserved_cash:
-            conn.execute(
-                "UPDATE accounts SET reserved_cash = reserved_cash - %s, updated_at = now() "
-                "WHERE id = %s",
-                (order.reserved_cash, order.account_id),
-            )
-        if order.reserved_qty:
-            conn.execute(
-                "UPDATE positions SET reserved_qty = reserved_qty - %s, updated_at = now() "
-                "WHERE account_id = %s AND symbol = %s",
-                (order.reserved_qty, order.account_id, order.symbol),
-            )
-        conn.execute(
-            "UPDATE orders SET reserved_cash = 0, reserved_qty = 0 WHERE id = %s", (order.id,)
-        )
-
-    def _transfer(self, conn: psycopg.Connection, old: Order, new: Order) -> None:
-        """A confirmed replace: the new order now reserves exactly its full amount, made of
-        what it added plus the old order's reservation; any excess goes back."""
-        cash, qty = full_reservation(new.side, new.qty, new.notional, new.reserve_price)
-        held_cash = old.reserved_cash + new.reserved_cash
-        held_qty = old.reserved_qty + new.reserved_qty
-        if cash > held_cash or qty > held_qty:
-            raise _Anomaly(
-                f"replace of {old.id}: {new.id} needs {cash}/{qty}, holds {held_cash}/{held_qty}"
-            )
-        if held_cash - cash:
-            conn.execute(
-                "UPDATE accounts SET reserved_cash = reserved_cash - %s WHERE id = %s",
-                (held_cash - cash, old.account_id),
-            )
-        if held_qty - qty:
-            conn.execute(
-                "UPDATE positions SET reserved_qty = reserved_qty - %s "
-                "WHERE account_id = %s AND symbol = %s",
-                (held_qty - qty, old.account_id, old.symbol),
-            )
-        conn.execute(
-            "UPDATE orders SET reserved_cash = 0, reserved_qty = 0 WHERE id = %s", (old.id,)
-        )
-        conn.execute(
-            "UPDATE orders SET reserved_cash = %s, reserved_qty = %s WHERE id = %s",
-            (cash, qty, new.id),
-        )
-
-    def _anomaly(
-        self, conn: psycopg.Connection, event: dict, order_id: UUID, kind: str, reason: str
-    ) -> Applied:
-        event_id = str(event["event_id"])
-        with conn.transaction():
-            conn.execute(
-                "INSERT INTO ledger_anomalies (event_id, order_id, kind, reason, payload) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
-                (event_id, order_id, kind, reason, encode(event).decode()),
-            )
-            # Settled for good: a redelivery must not apply it later, when the order may
-            # have moved on (the same events always leave the same ledger).
-            # The order first, as `apply` does, so two deliveries cannot deadlock.
-            known = conn.execute(
-                "SELECT 1 FROM orders WHERE id = %s FOR UPDATE", (order_id,)
-            ).fetchone()
-            if known:
-                conn.execute(
-                    "INSERT INTO applied_events (id, order_id, kind) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (id) DO NOTHING",
-                    (event_id, order_id, f"anomaly:{kind}"),
-                )
-        return Applied(event_id, "anomaly", reason)
-
-
-class _Anomaly(Exception):
-    """An answer the ledger must not apply; recorded in ledger_anomalies instead."""
+            return apply_events(conn, events)
