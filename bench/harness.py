@@ -101,7 +101,9 @@ class BenchPipeline:
         """Spawn `python -m infra.cli run` (API + normalize, quotes, candles)."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "infra.cli", "run", *RUN_ARGS],
+                # No end of day: a benchmark's run would close a past day of the shared
+                # database in the middle of a measurement.
+                [sys.executable, "-m", "infra.cli", "run", *RUN_ARGS, "--no-eod"],
                 cwd=ROOT,
                 env={**os.environ, **self.env},
                 stdout=log,
