@@ -31,7 +31,16 @@ from psycopg_pool import ConnectionPool
 
 from infra import account_events
 from infra.topics import Topics
-from schemas.oms import ORDER_COLUMNS, Order, encode, now_ns, order_from_row, order_wire
+from schemas.oms import (
+    NEW_ORDER_COLUMNS,
+    ORDER_COLUMNS,
+    Order,
+    encode,
+    new_order_values,
+    now_ns,
+    order_from_row,
+    order_wire,
+)
 from schemas.order_states import (
     OPEN,
     IllegalTransition,
@@ -348,33 +357,9 @@ class Ledger:
     ) -> Order:
         cash, qty = reserved if reserved is not None else (p.reserve_cash, p.reserve_qty)
         row = conn.execute(
-            "INSERT INTO orders (id, account_id, client_order_id, symbol, side, type, "
-            "time_in_force, qty, notional, limit_price, stop_price, trail_price, "
-            "trail_percent, extended_hours, status, reserve_price, reserved_cash, "
-            "reserved_qty, replaces) VALUES "
-            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            f"RETURNING {ORDER_COLUMNS}",
-            (
-                order_id,
-                account_id,
-                coid,
-                r.symbol,
-                r.side.value,
-                r.type.value,
-                r.time_in_force.value,
-                r.qty,
-                r.notional,
-                r.limit_price,
-                r.stop_price,
-                r.trail_price,
-                r.trail_percent,
-                r.extended_hours,
-                p.status.value,
-                p.reserve_price,
-                cash,
-                qty,
-                replaces,
-            ),
+            f"INSERT INTO orders ({NEW_ORDER_COLUMNS}, replaces) VALUES "
+            f"({', '.join(['%s'] * 19)}) RETURNING {ORDER_COLUMNS}",
+            (*new_order_values(order_id, account_id, coid, r, p, cash, qty), replaces),
         ).fetchone()
         order = _order_of(row)
         assert order is not None

@@ -46,7 +46,7 @@ from infra.ledger import (
     Replay,
     _order_of,
 )
-from schemas.oms import ORDER_COLUMNS, Order, encode, now_ns
+from schemas.oms import ORDER_COLUMNS, Order, encode, new_order_values, now_ns
 from schemas.orders import OrderRequest, Placement
 
 ORDER_FIELDS = [f.name for f in fields(Order)]
@@ -97,32 +97,16 @@ def _params(items: list[NewOrder]) -> tuple[Any, ...]:
     for it in items:
         r, p = it.request, it.placement
         key, digest = it.idempotency if it.idempotency is not None else (None, None)
-        for col, v in zip(
-            cols,
-            (
-                it.order_id,
-                it.account_id,
-                it.coid,
-                r.symbol,
-                r.side.value,
-                r.type.value,
-                r.time_in_force.value,
-                r.qty,
-                r.notional,
-                r.limit_price,
-                r.stop_price,
-                r.trail_price,
-                r.trail_percent,
-                r.extended_hours,
-                p.status.value,
-                p.reserve_price,
-                max(Decimal(0), p.reserve_cash),
-                max(Decimal(0), p.reserve_qty),
-                key,
-                digest,
-            ),
-            strict=True,
-        ):
+        row = new_order_values(
+            it.order_id,
+            it.account_id,
+            it.coid,
+            r,
+            p,
+            max(Decimal(0), p.reserve_cash),
+            max(Decimal(0), p.reserve_qty),
+        )
+        for col, v in zip(cols, (*row, key, digest), strict=True):
             col.append(v)
     return tuple(cols)
 

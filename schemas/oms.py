@@ -29,6 +29,7 @@ from uuid import UUID
 import orjson
 
 from schemas.order_states import OrderStatus
+from schemas.orders import OrderRequest, Placement
 
 ORDER_KINDS = ("new", "cancel", "replace")
 EXECUTION_KINDS = (
@@ -84,6 +85,46 @@ class Order:
 
 ORDER_COLUMNS = ", ".join(f.name for f in fields(Order))
 _STATUS = [f.name for f in fields(Order)].index("status")
+
+
+# A new order's row as placement writes it (the rest take their column defaults).
+NEW_ORDER_COLUMNS = (
+    "id, account_id, client_order_id, symbol, side, type, time_in_force, qty, notional, "
+    "limit_price, stop_price, trail_price, trail_percent, extended_hours, status, "
+    "reserve_price, reserved_cash, reserved_qty"
+)
+
+
+def new_order_values(
+    order_id: UUID,
+    account_id: UUID,
+    client_order_id: str,
+    r: OrderRequest,
+    p: Placement,
+    reserved_cash: Decimal,
+    reserved_qty: Decimal,
+) -> tuple[Any, ...]:
+    """The values of NEW_ORDER_COLUMNS for a placed request."""
+    return (
+        order_id,
+        account_id,
+        client_order_id,
+        r.symbol,
+        r.side.value,
+        r.type.value,
+        r.time_in_force.value,
+        r.qty,
+        r.notional,
+        r.limit_price,
+        r.stop_price,
+        r.trail_price,
+        r.trail_percent,
+        r.extended_hours,
+        p.status.value,
+        p.reserve_price,
+        reserved_cash,
+        reserved_qty,
+    )
 
 
 def order_from_row(row: tuple) -> Order:
