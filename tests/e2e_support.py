@@ -108,3 +108,10 @@ def read_topic(bootstrap: str, topic: str, idle_s: float = 2.0) -> list:
             last = time.monotonic()
     consumer.close()
     return out
+
+
+def until(probe: Callable[[], T], timeout: float = 120) -> T:
+    """`eventually` something true (returned), or the test fails."""
+    value = eventually(probe, bool, timeout)
+    assert value, "timed out"
+    return value

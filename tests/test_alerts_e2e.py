@@ -26,7 +26,7 @@ from infra.quote_store import QuoteStore
 from infra.replay import replay
 from schemas.marketdata import NBBO_VENUE, Quote, Security, Trade
 from tests.conftest import SAMPLE, Pipeline, new_user
-from tests.e2e_support import parse_recording
+from tests.e2e_support import parse_recording, until
 from tests.stream_support import client
 
 pytestmark = pytest.mark.services
@@ -108,14 +108,6 @@ def crossings(series: list[tuple[int, Decimal]], level: Decimal, up: bool, coold
 
 def eligible(trades: list[tuple[str, str, str]]) -> list[tuple[int, Decimal]]:
     return [(ns_of(w), D(p)) for w, p, c in trades if c not in ("I", "T")]
-
-
-def until(probe, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.3)
-    return value
 
 
 def test_alerts_fire_once_through_the_pipeline_restarts_and_replays(

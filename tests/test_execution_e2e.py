@@ -22,16 +22,10 @@ from infra.quote_store import QuoteStore
 from infra.replay import replay
 from schemas.marketdata import NBBO_VENUE, Quote, Security
 from tests.conftest import Pipeline, new_user
+from tests.e2e_support import until
 
 pytestmark = pytest.mark.services
 SYMBOL = "XFIL"
-
-
-def until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def _feed(path: Path) -> Path:

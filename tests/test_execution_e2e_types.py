@@ -21,16 +21,10 @@ from infra.quote_store import QuoteStore
 from infra.replay import replay
 from schemas.marketdata import NBBO_VENUE, Quote, Security
 from tests.conftest import Pipeline, new_user
+from tests.e2e_support import until
 
 pytestmark = pytest.mark.services
 SYMBOL = "XTYP"
-
-
-def until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def q(second: int, bid: str, ask: str, size: int = 100) -> str:

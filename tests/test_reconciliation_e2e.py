@@ -38,17 +38,11 @@ from schemas.marketdata import NBBO_VENUE, Quote, Security
 from schemas.oms import encode
 from schemas.reconciliation import to_ns
 from tests.conftest import ROOT, Pipeline, new_user
+from tests.e2e_support import until
 
 pytestmark = pytest.mark.services
 SYMBOL = "XRCN"
 DAY = date(2026, 10, 14)  # a Wednesday; 10:00 New York is 14:00 UTC
-
-
-def until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.25)
 
 
 def _at(second: int) -> int:
