@@ -1,10 +1,11 @@
 """A whole trading day through `tapeflow run`, open to close with a halt (issue 6 item 5).
 
 A simulated 2026-11-24 session (three symbols, two venues, 09:30-16:00 New York, one
-symbol halted for a few minutes) is cut at noon. Resting limit buys are placed before
-the morning is replayed, limit sells of part of each position before the afternoon,
-and a day order that can never fill rests all day. Then end of day runs (twice), and
-reconciliation.
+symbol halted for a few minutes) is cut at noon and in the middle of the halt. Resting
+limit buys are placed before the morning is replayed, limit sells of part of each
+position before the afternoon, a marketable buy of the halted symbol while it is
+halted (it must wait for the resumption), and a day order that can never fill rests
+all day. Then end of day runs (twice), and reconciliation.
 
 Everything asserted is computed here independently: cash, positions and realized gains
 from the fills (FIFO), the closing prices from candles rebuilt from the recording files,
@@ -13,6 +14,7 @@ the halt window from the recording's status messages.
 
 from __future__ import annotations
 
+import bisect
 import os
 import statistics
 import subprocess
@@ -32,9 +34,9 @@ from infra.quote_store import QuoteStore
 from infra.recording import RecordingWriter, read_recording
 from infra.replay import replay
 from infra.simulate import write_session
-from schemas.marketdata import NBBO_VENUE, Quote, Security, Status
+from schemas.marketdata import NBBO_VENUE, Quote, Security, Status, utc_to_ns
 from tests.conftest import ROOT, Pipeline, new_user
-from tests.e2e_support import expected_candles, parse_recording
+from tests.e2e_support import expected_candles, parse_recording, until
 from tests.eod_support import drop_private, private_settings
 
 pytestmark = pytest.mark.services
@@ -46,23 +48,18 @@ DEPOSIT = Decimal("100000")
 BUY_QTY, SELL_QTY = Decimal("10"), Decimal("6")
 
 
-def until(condition, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.25)
-
-
-def _split(paths: dict[str, Path], out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Each venue's recording cut at 12:00 New York into a morning and an afternoon file."""
-    morning, afternoon = {}, {}
+def _split(paths: dict[str, Path], out: Path, cuts: list[int]) -> list[dict[str, Path]]:
+    """Each venue's recording cut at the given event times (ns) into consecutive parts."""
+    parts: list[dict[str, Path]] = [{} for _ in range(len(cuts) + 1)]
     for venue, path in paths.items():
-        a, b = out / f"am-{path.name}", out / f"pm-{path.name}"
-        with RecordingWriter(a) as am, RecordingWriter(b) as pm:
-            for rec in read_recording(path):
-                (am if rec.event_ns < NOON_NS else pm).write(rec.payload)
-        morning[venue], afternoon[venue] = a, b
-    return morning, afternoon
+        names = [out / f"part{n}-{path.name}" for n in range(len(parts))]
+        writers = [RecordingWriter(name) for name in names]
+        for rec in read_recording(path):
+            writers[bisect.bisect_right(cuts, rec.event_ns)].write(rec.payload)
+        for n, (writer, name) in enumerate(zip(writers, names, strict=True)):
+            writer.close()
+            parts[n][venue] = name
+    return parts
 
 
 def _venue_quotes(paths: dict[str, Path]) -> list[Quote]:
@@ -181,11 +178,16 @@ def _cli(pipeline: Pipeline, settings, *args: str, token: str) -> subprocess.Com
 
 
 def test_a_full_day_replay_agrees_with_the_fills(pipeline: Pipeline, ledger_db, session_files):
-    morning, afternoon = _split(session_files, session_files["iex"].parent)
-    quotes_am, pm = _venue_quotes(morning), _venue_quotes(afternoon)
-    symbols = sorted({q.symbol for q in quotes_am})
     halts = _halt_windows(session_files)
-    assert len(symbols) == 3 and halts, "the simulated day has three symbols and a halt"
+    assert len(halts) == 1, "the simulated day has one halted symbol"
+    ((halted, [(halt_start, resumed)]),) = halts.items()
+    assert halt_start > NOON_NS, "the halt is in the afternoon"
+    mid_halt = (halt_start + resumed) // 2
+    morning, *afternoon = _split(session_files, session_files["iex"].parent, [NOON_NS, mid_halt])
+    quotes_am = _venue_quotes(morning)
+    pm = [q for part in afternoon for q in _venue_quotes(part)]
+    symbols = sorted({q.symbol for q in quotes_am})
+    assert len(symbols) == 3 and halted in symbols
 
     # The feed's clock; 09:30 New York until the first feed time (orders work at once).
     pipeline.env["TAPEFLOW_CLOCK"] = "feed"
@@ -252,8 +254,22 @@ def test_a_full_day_replay_agrees_with_the_fills(pipeline: Pipeline, ledger_db, 
         for s in symbols
     ]
     until(lambda: working(sells))
-    replay_all(afternoon)
-    until(lambda: all(status(o) == "filled" for o in sells))
+    replay_all(afternoon[0])
+
+    # Inside the halt: a market order is refused; a limit buy far through the last ask
+    # is taken, and waits for the resumption.
+    until(lambda: api.get(f"/v1/quotes/{halted}").json()["halted"])
+    market = {"symbol": halted, "side": "buy", "type": "market", "time_in_force": "day", "qty": "1"}
+    refused = api.post("/v1/orders", json=market)
+    assert (refused.status_code, refused.json()["code"]) == (422, "symbol_halted")
+    last_ask = max(q.ask_price for q in pm if q.symbol == halted and q.event_ns < halt_start)
+    through = place(halted, "buy", Decimal(1), (last_ask * Decimal("1.05")).quantize(CENT), "day")
+    until(lambda: working([through]))
+    time.sleep(1)  # the desk has it; nothing may fill it until the feed resumes trading
+    held_back = api.get(f"/v1/orders/{through}").json()
+    assert (held_back["status"], held_back["filled_qty"]) == ("new", "0.000000")
+    replay_all(afternoon[1])
+    until(lambda: all(status(o) == "filled" for o in [*sells, through]))
 
     with pool.connection() as conn:
         fills = conn.execute(
@@ -262,14 +278,17 @@ def test_a_full_day_replay_agrees_with_the_fills(pipeline: Pipeline, ledger_db, 
             (account.id,),
         ).fetchall()
     held, cash_flow, closed = _fifo([f[:4] for f in fills])
-    assert held == {s: BUY_QTY - SELL_QTY for s in symbols}
+    assert held == {s: BUY_QTY - SELL_QTY + (s == halted) for s in symbols}
 
-    # The halted symbol never filled while halted.
-    for symbol, windows in halts.items():
-        for start, end in windows:
-            assert not [
-                f for f in fills if f[0] == symbol and start <= f[4].timestamp() * 1e9 < end
-            ], f"{symbol} filled during its halt"
+    # The halted symbol never filled while halted; the buy taken in the halt filled after.
+    resumed_us = resumed // 1000 * 1000  # the ledger keeps microseconds
+    during = [f for f in fills if f[0] == halted and halt_start <= utc_to_ns(f[4]) < resumed_us]
+    assert not during, f"{halted} filled during its halt"
+    with pool.connection() as conn:
+        (through_at,) = conn.execute(
+            "SELECT executed_at FROM executions WHERE order_id = %s", (through,)
+        ).fetchone()
+    assert utc_to_ns(through_at) >= resumed_us
 
     closes = _closing_prices(session_files)
     equity = (DEPOSIT + cash_flow + sum(held[s] * closes[s] for s in symbols)).quantize(MONEY)
