@@ -29,17 +29,27 @@ if TYPE_CHECKING:
 
 __all__ = ["FillRefused", "record_fill"]
 
-# As the columns store them (migration 0002).
-PRICE, QTY, VALUE = Decimal("0.0001"), Decimal("0.000001"), Decimal("0.0000000001")
+# As the columns store them (migration 0002): values kept in memory (here and in the
+# batch's Book) are rounded the same way, so what a batch renders (account events) is
+# what a later read returns. Prices are stored like cash, to 4 places.
+CASH, QTY, VALUE = Decimal("0.0001"), Decimal("0.000001"), Decimal("0.0000000001")
 
 
-def _round(v: Decimal, places: Decimal) -> Decimal:
-    return v.quantize(places, ROUND_HALF_UP)
+def cash(v: Decimal) -> Decimal:
+    return v.quantize(CASH, ROUND_HALF_UP)
+
+
+def qty(v: Decimal) -> Decimal:
+    return v.quantize(QTY, ROUND_HALF_UP)
+
+
+def value(v: Decimal) -> Decimal:
+    return v.quantize(VALUE, ROUND_HALF_UP)
 
 
 def record_fill(book: Book, order: Order, event: dict, at: datetime) -> tuple[OrderStatus, Decimal]:
     """Apply the fill to the book; the order's status and the position's quantity after."""
-    qty, price = Decimal(str(event["qty"])), Decimal(str(event["price"]))
+    fill_qty, price = Decimal(str(event["qty"])), Decimal(str(event["price"]))
     exec_id = str(event.get("exec_id") or event["event_id"])
     terms = OrderTerms(
         side=order.side,
@@ -54,8 +64,8 @@ def record_fill(book: Book, order: Order, event: dict, at: datetime) -> tuple[Or
     key = (order.account_id, order.symbol)
     position_qty = book.position(key)
     lots = list(book.open_lots(key)) if order.side == "sell" else []
-    effect = apply_fill(terms, qty, price, lots, position_qty, at)
-    held = _round(position_qty + effect.position_qty_delta, QTY)
+    effect = apply_fill(terms, fill_qty, price, lots, position_qty, at)
+    held = qty(position_qty + effect.position_qty_delta)
     status = transition(
         order.status, OrderEvent.FILL if effect.complete else OrderEvent.PARTIAL_FILL
     )
@@ -67,7 +77,7 @@ def record_fill(book: Book, order: Order, event: dict, at: datetime) -> tuple[Or
             order.account_id,
             order.symbol,
             order.side,
-            qty,
+            fill_qty,
             price,
             str(event.get("venue", "")),
             orjson.dumps(event.get("route", [])).decode(),
@@ -77,21 +87,21 @@ def record_fill(book: Book, order: Order, event: dict, at: datetime) -> tuple[Or
     hwm = event.get("hwm")  # a trailing stop's mark when it triggered
     book.put(
         order,
-        filled_qty=_round(effect.filled_qty, QTY),
-        filled_avg_price=_round(effect.filled_avg_price, PRICE),
-        reserved_cash=_round(order.reserved_cash - effect.release_cash, PRICE),
-        reserved_qty=_round(order.reserved_qty - effect.release_qty, QTY),
+        filled_qty=qty(effect.filled_qty),
+        filled_avg_price=cash(effect.filled_avg_price),
+        reserved_cash=cash(order.reserved_cash - effect.release_cash),
+        reserved_qty=qty(order.reserved_qty - effect.release_qty),
         status=status,
-        hwm=_round(Decimal(str(hwm)), PRICE) if hwm is not None else order.hwm,
+        hwm=cash(Decimal(str(hwm))) if hwm is not None else order.hwm,
         filled_at=at if effect.complete else order.filled_at,
         updated_at=book.now,
         version=order.version + 1,
     )
-    book.assign(book.filled_value, order.id, _round(effect.filled_value, VALUE))
+    book.assign(book.filled_value, order.id, value(effect.filled_value))
     book.add_cash(order.account_id, effect.cash_delta, -effect.release_cash)
     book.add_position(key, effect.position_qty_delta, -effect.release_qty, effect.cost_basis_delta)
     if order.side == "buy":
-        book.open_lot(key, exec_id, at, qty, price)
+        book.open_lot(key, exec_id, at, fill_qty, price)
         return status, held
     book.close_lots(key, {c.lot_id: c.qty for c in effect.closures})
     book.closures += [

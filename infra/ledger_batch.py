@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -43,7 +43,7 @@ import orjson
 import psycopg
 
 from infra import account_events
-from infra.fills import record_fill
+from infra.fills import cash, qty, record_fill
 from infra.ledger import LATE_ENDINGS, Applied, _accounts_of
 from schemas.marketdata import utc_from_ns
 from schemas.oms import ORDER_COLUMNS, Order, encode, order_from_row
@@ -59,24 +59,9 @@ from schemas.order_states import (
 from schemas.orders import full_reservation
 from schemas.positions import FillRefused, Lot
 
-# As the columns store them (migration 0002): values kept in memory are rounded the same
-# way, so what a batch renders (account events) is what a later read returns.
-CASH, QTY, VALUE = Decimal("0.0001"), Decimal("0.000001"), Decimal("0.0000000001")
 ZERO = Decimal(0)
 _MISSING = object()
 Key = tuple[UUID, str]  # a position: (account_id, symbol)
-
-
-def cash(v: Decimal) -> Decimal:
-    return v.quantize(CASH, ROUND_HALF_UP)
-
-
-def qty(v: Decimal) -> Decimal:
-    return v.quantize(QTY, ROUND_HALF_UP)
-
-
-def value(v: Decimal) -> Decimal:
-    return v.quantize(VALUE, ROUND_HALF_UP)
 
 
 class Anomaly(Exception):
