@@ -53,6 +53,7 @@ from api.stream.pubsub import PubSubProtocol, Reply, connect
 from api.stream.session import Session
 from api.stream.slots import Slots
 from api.stream.subscriptions import Delta
+from infra.gc_tuning import tune_for_server
 from infra.settings import Settings, get_settings
 
 log = logging.getLogger("tapeflow.stream")
@@ -94,6 +95,7 @@ class Hub:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        tune_for_server()  # the fan-out allocates per quote and session: see gc_tuning
         await asyncio.to_thread(self.clock.warm_up)
         self._pubsub = await self._connect()
         loop = asyncio.get_running_loop()
