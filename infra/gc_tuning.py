@@ -19,7 +19,11 @@ THRESHOLDS = (50_000, 20, 100)
 
 
 def tune_for_server() -> None:
-    """Keep what startup built out of every later scan, and collect far less often."""
+    """Keep what startup built out of every later scan, and collect far less often.
+    Once per process: every hub start calls it (one per event loop, several in tests),
+    and a full collection of a large process is not free."""
+    if gc.get_threshold() == THRESHOLDS:
+        return
     gc.collect()
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)

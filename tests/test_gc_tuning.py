@@ -10,9 +10,17 @@ from infra.gc_tuning import THRESHOLDS, tune_for_server
 def test_tune_for_server_freezes_startup_and_raises_the_thresholds() -> None:
     before = gc.get_threshold()
     try:
+        # As a fresh process starts (a stream test may have tuned this one already).
+        gc.unfreeze()
+        gc.set_threshold(700, 10, 10)
         tune_for_server()
         assert gc.get_threshold() == THRESHOLDS
         assert gc.get_freeze_count() > 0  # what existed is out of every later scan
+        frozen = gc.get_freeze_count()
+        since = [[] for _ in range(10)]  # would be frozen by a second freeze
+        tune_for_server()  # a second hub in the process: nothing done again
+        assert gc.get_freeze_count() == frozen
+        del since
         # Allocations well past the default young threshold (700) do not trigger a
         # collection any more.
         gc.collect()
