@@ -51,9 +51,8 @@ def batch_sink(settings: Settings, linger_ms: int = 5) -> BatchKafkaSink:
         {
             "bootstrap.servers": settings.bootstrap,
             # A few ms of batching costs little latency and saves the broker most of its
-            # CPU, which goes by produce request, not by message: at 10,000 msgs/s it
-            # used 0.27 cores with a 5 ms linger, 0.19 with 10, 0.11 with 20 (one
-            # producer, two consumers, on this 2-core machine; README Measured).
+            # CPU (see infra.replay.MARKET_DATA_LINGER_MS); 5 ms by default, where
+            # fills wait on it.
             "linger.ms": str(linger_ms),
             "enable.idempotence": "true",
             "compression.type": "lz4",

@@ -21,6 +21,7 @@ from bytewax.dataflow import Dataflow
 
 from flows.common import batch_sink, deadletter_out, raw_source
 from flows.kafka_io import OutMessage, RawMessage
+from infra.replay import MARKET_DATA_LINGER_MS
 from infra.settings import Settings, get_settings
 from infra.topics import Topics, topics_of
 from schemas.feeds import parse_raw
@@ -28,7 +29,6 @@ from schemas.marketdata import Event, Malformed, Quote, to_wire
 from schemas.nbbo import NbboBook
 
 SHARDS = 32
-MARKET_DATA_LINGER_MS = 10
 DEAD = "dead"
 Books = dict[str, NbboBook]
 
@@ -110,8 +110,7 @@ def build(settings: Settings) -> Dataflow:
         sharded,
         lambda state, items: to_messages(state, items, t, topic_of),
     )
-    # 10 ms, not 5: the market data is most of the broker's produce requests (see
-    # batch_sink); the order side keeps 5 ms, its volume is small and fills wait on it.
+    # The feed handler's linger: market data is most of the broker's produce requests.
     op.output("publish", published, batch_sink(settings, linger_ms=MARKET_DATA_LINGER_MS))
     return flow
 

@@ -14,16 +14,20 @@ from infra.recording import Record, read_recording
 SENT_HEADER = "tapeflow-sent-ns"
 
 
+# Market data producers (this feed handler and the normalize flow's sink) linger 10 ms,
+# not 1 or 5: the broker's CPU goes by produce request, not by message (and each request
+# wakes the consumers' fetches). At 10,000 msgs/s with two consumers it used 0.27 cores
+# at 5 ms, 0.19 at 10, 0.11 at 20 (README Measured, "WebSocket stream").
+MARKET_DATA_LINGER_MS = 10
+
+
 def producer(bootstrap: str, **extra: str) -> Producer:
     # Idempotent with acks=all: a retried send never lands twice in the raw topic.
-    # linger 10 ms, not 1 or 5: the broker's CPU grows with the number of produce
-    # requests (and each one wakes the normalize flow's fetches); at 10,000 msgs/s with
-    # two consumers it used 0.27 cores at 5 ms, 0.19 at 10 (flows.common.batch_sink).
     config = {
         "bootstrap.servers": bootstrap,
         "enable.idempotence": "true",
         "acks": "all",
-        "linger.ms": "10",
+        "linger.ms": str(MARKET_DATA_LINGER_MS),
         "compression.type": "lz4",
         "queue.buffering.max.messages": "1000000",
     }
