@@ -16,8 +16,8 @@ SENT_HEADER = "tapeflow-sent-ns"
 
 # Market data producers (this feed handler and the normalize flow's sink) linger 10 ms,
 # not 1 or 5: the broker's CPU goes by produce request, not by message (and each request
-# wakes the consumers' fetches). At 10,000 msgs/s with two consumers it used 0.27 cores
-# at 5 ms, 0.19 at 10, 0.11 at 20 (README Measured, "WebSocket stream").
+# wakes the consumers' fetches). At 10,000 msgs/s with two consumers it used 0.27-0.43
+# cores at 5 ms, 0.18-0.20 at 10, 0.11 at 20 (README Measured, "WebSocket stream").
 MARKET_DATA_LINGER_MS = 10
 
 
