@@ -56,18 +56,6 @@ ZERO = Decimal(0)
 LATE_ENDINGS = frozenset({"expired", "canceled", "rejected"})
 
 
-def _accounts_of(events: list[dict[str, Any]]) -> list[UUID]:
-    """The distinct account ids the events name, sorted (unreadable ones skipped: their
-    event locks its account when it applies, as before)."""
-    out: set[UUID] = set()
-    for event in events:
-        try:
-            out.add(UUID(str(event["account_id"])))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return sorted(out)
-
-
 class LedgerError(Exception):
     status = 422
     code = "ledger_error"
@@ -288,7 +276,7 @@ class Ledger:
         With `idempotency` (key, request hash) the rendered answer is stored with the
         order; a concurrent request with the same key waits for this one, then gets
         its stored answer (Replay). A batch of one of infra/order_batch.py (the
-        place_orders function of migration 0003), which the HTTP route batches.
+        place_orders function of migrations 0003 and 0008), which the HTTP route batches.
         """
         from infra.order_batch import NewOrder, place_batch, settle
 
@@ -529,10 +517,11 @@ class Ledger:
         Nothing is visible before the commit; a failure (deadlock, database down) undoes
         the whole batch, which is safe to apply again.
 
-        The accounts of a batch are locked first, in id order, as order placement locks
-        them (infra/order_batch.py sorts its batches by account): a batch that met them
-        in event order deadlocked with placements, and each deadlock cost PostgreSQL's
-        deadlock_timeout (1 s) before one side gave up and retried."""
+        Rows are locked in one order everywhere: orders, then positions, then accounts,
+        each kind in key order (infra/order_batch.py places sells, then buys, each by
+        account): a batch that met them in event order deadlocked with placements, and
+        each deadlock cost PostgreSQL's deadlock_timeout (1 s) before one side gave up
+        and retried."""
         from infra.ledger_batch import apply_events
 
         with self.pool.connection() as conn, conn.transaction():

@@ -1,22 +1,25 @@
-"""New orders in batches: one transaction, two round trips and one commit for many orders.
+"""New orders in batches: one statement, one transaction and one commit for many orders.
 
 The order path's cost was per order: five or six statements, a commit (WAL flush) and a
 NOTIFY, whose commit PostgreSQL serializes. Here the orders of concurrent requests share
-one transaction (group commit):
+one transaction (group commit), and it is one statement in one round trip:
+`place_orders(...)` (migrations 0003, 0008) inserts, reserves and keys every order of
+the batch, each on its own: a refusal (duplicate client_order_id, not enough buying
+power or shares, an Idempotency-Key a concurrent request holds) leaves the others
+alone. For the orders it accepts it also writes their outbox rows and the answers
+stored with their Idempotency-Keys, and NOTIFYs the relay. So the caller builds every
+accepted order's row, outbox payload and answer before the call, from the values it
+sends (schemas.oms.new_order_row, the timestamps its own): the account and position
+rows it reserves against, which the ledger flow writes too, are held only while the
+function runs and commits, never across a round trip or this busy process's Python.
 
-1. `place_orders(...)` (migration 0003) inserts, reserves and keys every order of the
-   batch, each on its own: a refusal (duplicate client_order_id, not enough buying power
-   or shares, an Idempotency-Key a concurrent request holds) leaves the others alone;
-   and in the same round trip (pipeline mode) the rows of the orders it accepted;
-2. their outbox rows, the answers stored for their Idempotency-Keys, one NOTIFY for the
-   relay and COMMIT, in a second round trip.
 Every guarantee of Ledger.place is kept: an order is answered only after the commit;
 reservations are the same conditional UPDATEs on the account or position row; the
-outbox row is in the order's transaction. Orders are sorted by account so that
-concurrent batches lock accounts in one order; a deadlock (possible only with the odd
-client_order_id or Idempotency-Key shared across a buy and a sell) retries the batch,
-and any other database error places the batch's orders one by one, so an order that
-breaks a constraint fails alone.
+outbox row is in the order's transaction. Orders are sorted (sells, then buys, each by
+account) so that concurrent batches and the ledger lock rows in one order; a deadlock
+(possible only with the odd client_order_id or Idempotency-Key shared across a buy and
+a sell) retries the batch, and any other database error places the batch's orders one
+by one, so an order that breaks a constraint fails alone.
 
 Ledger.place is a batch of one (sync). The HTTP route goes through `OrderBatcher`: the
 requests that arrive while a batch is in flight form the next one; `SLOTS` batches
@@ -28,7 +31,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID, uuid4
@@ -44,28 +48,22 @@ from infra.ledger import (
     Ledger,
     LedgerError,
     Replay,
-    _order_of,
 )
-from schemas.oms import ORDER_COLUMNS, Order, encode, new_order_values, now_ns
+from schemas.oms import (
+    ORDER_FIELDS,
+    Order,
+    encode,
+    new_order_row,
+    new_order_values,
+    order_from_row,
+)
 from schemas.orders import OrderRequest, Placement
 
-ORDER_FIELDS = [f.name for f in fields(Order)]
 MAX_BATCH = 256
 SLOTS = 2  # batches in flight per process (each on its own connection)
 DEADLOCK_RETRIES = 5
 
-PLACE_SQL = "SELECT n, code, available FROM place_orders(" + ", ".join(["%s"] * 20) + ")"
-ROWS_SQL = f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = ANY(%s)"
-OUTBOX_SQL = (
-    "INSERT INTO outbox (topic, key, payload) "
-    "SELECT %s, k, p FROM unnest(%s::text[], %s::bytea[]) AS t(k, p)"
-)
-BODIES_SQL = (
-    "UPDATE idempotency_keys AS k SET body = u.b "
-    "FROM unnest(%s::uuid[], %s::text[], %s::bytea[]) AS u(a, key, b) "
-    "WHERE k.account_id = u.a AND k.key = u.key"
-)
-NOTIFY_SQL = "SELECT pg_notify(%s, '')"
+PLACE_SQL = "SELECT n, code, available FROM place_orders(" + ", ".join(["%s"] * 25) + ")"
 
 
 @dataclass(slots=True)
@@ -92,12 +90,16 @@ CONTENDED = Contended()
 Outcome = Order | LedgerError | Contended | Exception
 
 
-def _params(items: list[NewOrder]) -> tuple[Any, ...]:
-    cols: list[list[Any]] = [[] for _ in range(20)]
+def _prepare(items: list[NewOrder], topic: str) -> tuple[tuple[Any, ...], list[Order]]:
+    """The call's parameters, and the order each item becomes if it is accepted."""
+    at = datetime.now(UTC)
+    at_ns = int(at.timestamp() * 1_000_000) * 1000
+    cols: list[list[Any]] = [[] for _ in range(22)]
+    orders: list[Order] = []
     for it in items:
         r, p = it.request, it.placement
         key, digest = it.idempotency if it.idempotency is not None else (None, None)
-        row = new_order_values(
+        values = new_order_values(
             it.order_id,
             it.account_id,
             it.coid,
@@ -106,9 +108,17 @@ def _params(items: list[NewOrder]) -> tuple[Any, ...]:
             max(Decimal(0), p.reserve_cash),
             max(Decimal(0), p.reserve_qty),
         )
-        for col, v in zip(cols, (*row, key, digest), strict=True):
+        row = new_order_row(values, at)
+        order = order_from_row(row)
+        orders.append(order)
+        # order_wire(order) is dataclasses.asdict, which deep-copies every value (a fifth
+        # of the API's CPU at load); the row's values are immutable, a shallow dict is it.
+        wire = dict(zip(ORDER_FIELDS, row, strict=True))
+        payload = encode({"kind": "new", "at": at_ns, "order": wire})
+        body = it.render(order) if it.idempotency is not None and it.render else b""
+        for col, v in zip(cols, (*values, key, digest, body, payload), strict=True):
             col.append(v)
-    return tuple(cols)
+    return (*cols, at, topic, OUTBOX_CHANNEL), orders
 
 
 def _refusal(it: NewOrder, code: str, available: Decimal | None) -> Outcome:
@@ -135,51 +145,26 @@ def _refusal(it: NewOrder, code: str, available: Decimal | None) -> Outcome:
 
 
 def _sorted(items: list[NewOrder]) -> list[NewOrder]:
-    return sorted(items, key=lambda it: it.account_id)
+    """Sells (position rows) before buys (account rows), each in key order: the order the
+    ledger locks them in (positions, then accounts), so the two cannot deadlock."""
+    return sorted(
+        items, key=lambda it: (it.request.side == "buy", it.account_id, it.request.symbol)
+    )
 
 
-def _finish(
-    items: list[NewOrder], codes: list[tuple], rows: list[tuple], topic: str
-) -> tuple[list[Outcome], tuple, tuple | None]:
-    """Outcomes in `items` order, and the parameters of the outbox and bodies writes."""
-    by_id = {row[0]: row for row in rows}
-    outcomes: list[Outcome] = []
-    keys, payloads = [], []
-    accounts, idem_keys, bodies = [], [], []
-    for it, (_, code, available) in zip(items, codes, strict=True):
-        if code != "ok":
-            outcomes.append(_refusal(it, code, available))
-            continue
-        order = _order_of(by_id[it.order_id])
-        assert order is not None
-        outcomes.append(order)
-        keys.append(order.symbol)
-        # order_wire(order) is dataclasses.asdict, which deep-copies every value (a fifth
-        # of the API's CPU at load); the row's values are immutable, a shallow dict is it.
-        wire = dict(zip(ORDER_FIELDS, by_id[it.order_id], strict=True))
-        payloads.append(encode({"kind": "new", "at": now_ns(), "order": wire}))
-        if it.idempotency is not None:
-            accounts.append(it.account_id)
-            idem_keys.append(it.idempotency[0])
-            bodies.append(it.render(order) if it.render else b"")
-    return outcomes, (topic, keys, payloads), (accounts, idem_keys, bodies) if bodies else None
+def _outcomes(items: list[NewOrder], orders: list[Order], codes: list[tuple]) -> list[Outcome]:
+    return [
+        order if code == "ok" else _refusal(it, code, available)
+        for it, order, (_, code, available) in zip(items, orders, codes, strict=True)
+    ]
 
 
 # -- sync (Ledger.place) ---------------------------------------------------------------
 
 
 def _place_sync(conn: psycopg.Connection, items: list[NewOrder], topic: str) -> list[Outcome]:
-    with conn.pipeline(), conn.transaction():
-        c1 = conn.execute(PLACE_SQL, _params(items))
-        c2 = conn.execute(ROWS_SQL, ([it.order_id for it in items],))
-        codes, rows = c1.fetchall(), c2.fetchall()
-        outcomes, outbox, bodies = _finish(items, codes, rows, topic)
-        if outbox[1]:
-            conn.execute(OUTBOX_SQL, outbox)
-            conn.execute(NOTIFY_SQL, (OUTBOX_CHANNEL,))
-        if bodies is not None:
-            conn.execute(BODIES_SQL, bodies)
-    return outcomes
+    params, orders = _prepare(items, topic)
+    return _outcomes(items, orders, conn.execute(PLACE_SQL, params).fetchall())
 
 
 def place_batch(conn: psycopg.Connection, items: list[NewOrder], topic: str) -> list[Outcome]:
@@ -230,17 +215,9 @@ def settle(ledger: Ledger, item: NewOrder, outcome: Outcome) -> Order | Replay:
 async def _place_async(
     conn: psycopg.AsyncConnection, items: list[NewOrder], topic: str
 ) -> list[Outcome]:
-    async with conn.pipeline(), conn.transaction():
-        c1 = await conn.execute(PLACE_SQL, _params(items))
-        c2 = await conn.execute(ROWS_SQL, ([it.order_id for it in items],))
-        codes, rows = await c1.fetchall(), await c2.fetchall()
-        outcomes, outbox, bodies = _finish(items, codes, rows, topic)
-        if outbox[1]:
-            await conn.execute(OUTBOX_SQL, outbox)
-            await conn.execute(NOTIFY_SQL, (OUTBOX_CHANNEL,))
-        if bodies is not None:
-            await conn.execute(BODIES_SQL, bodies)
-    return outcomes
+    params, orders = _prepare(items, topic)
+    cur = await conn.execute(PLACE_SQL, params)
+    return _outcomes(items, orders, await cur.fetchall())
 
 
 async def aplace_batch(

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from uuid import UUID
 
 import orjson
 
 from schemas.order_states import OrderStatus
-from schemas.orders import OrderRequest, Placement
+from schemas.orders import CASH_PLACES, PRICE_PLACES, QTY_PLACES, OrderRequest, Placement
 
 ORDER_KINDS = ("new", "cancel", "replace")
 EXECUTION_KINDS = (
@@ -83,7 +83,8 @@ class Order:
     version: int
 
 
-ORDER_COLUMNS = ", ".join(f.name for f in fields(Order))
+ORDER_FIELDS = [f.name for f in fields(Order)]
+ORDER_COLUMNS = ", ".join(ORDER_FIELDS)
 _STATUS = [f.name for f in fields(Order)].index("status")
 
 
@@ -124,6 +125,40 @@ def new_order_values(
         p.reserve_price,
         reserved_cash,
         reserved_qty,
+    )
+
+
+def _stored(value: Decimal | None, places: Decimal) -> Decimal | None:
+    """`value` as a numeric column of that scale stores it (half away from zero)."""
+    return None if value is None else value.quantize(places, ROUND_HALF_UP)
+
+
+_NEW_FIELDS = [c.strip() for c in NEW_ORDER_COLUMNS.split(",")]
+# The numeric columns' scales (migration 0002); the others store what they are given.
+_SCALES = {
+    "qty": QTY_PLACES,
+    "notional": CASH_PLACES,
+    "filled_qty": QTY_PLACES,
+    "limit_price": PRICE_PLACES,
+    "stop_price": PRICE_PLACES,
+    "trail_price": PRICE_PLACES,
+    "trail_percent": PRICE_PLACES,
+    "reserve_price": PRICE_PLACES,
+    "reserved_cash": CASH_PLACES,
+    "reserved_qty": QTY_PLACES,
+}
+_DEFAULTS = {"filled_qty": Decimal(0), "version": 1}
+
+
+def new_order_row(values: tuple[Any, ...], at: datetime) -> tuple[Any, ...]:
+    """The whole row (ORDER_COLUMNS, status as text) that inserting `values`
+    (new_order_values) with created_at = updated_at = `at` makes, so the caller knows it
+    without reading it back."""
+    given = dict(zip(_NEW_FIELDS, values, strict=True))
+    row = {**_DEFAULTS, **given, "created_at": at, "updated_at": at}
+    return tuple(
+        _stored(row.get(name), _SCALES[name]) if name in _SCALES else row.get(name)
+        for name in ORDER_FIELDS
     )
 
 

@@ -57,7 +57,7 @@ ISSUE_6_TABLES = {
     "0006": {"eod_runs", "eod_accounts"},
     "0007": {"reconciliation_reports", "reconciliation_items"},
 }
-HEAD = "0007"
+HEAD = "0008"
 
 
 def head_tables() -> set[str]:
@@ -265,3 +265,20 @@ def test_0005_to_0007_each_step_down_removes_exactly_its_own(empty_db: Settings)
     assert index is None
     migrate(empty_db)
     assert current_revision(empty_db) == HEAD
+
+
+def _place_orders_arities(settings: Settings) -> list[int]:
+    with psycopg.connect(settings.postgres, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pronargs FROM pg_proc WHERE proname = 'place_orders' ORDER BY pronargs"
+        ).fetchall()
+    return [n for (n,) in rows]
+
+
+def test_0008_replaces_place_orders_and_its_downgrade_restores_0003s(empty_db: Settings):
+    migrate(empty_db)
+    assert _place_orders_arities(empty_db) == [25]  # with the outbox payloads and answers
+    downgrade(empty_db, "0007")
+    assert _place_orders_arities(empty_db) == [20]
+    migrate(empty_db)
+    assert _place_orders_arities(empty_db) == [25]
