@@ -16,8 +16,11 @@ The load (one Go process) opens one WebSocket per account subscribed to trade_up
 then posts 1-share market buys at a fixed total rate (open loop) round-robin over the
 accounts and symbols. Latency of an order = the wall time its first fill event was parsed
 from the account's WebSocket - the wall time the API's 200 answer (the durable
-acknowledgement) was read; fills/s = orders filled in the window / the window. The
-target (issue 5): p99 under 100 ms at 1,000 orders/s.
+acknowledgement) was read. acks/s and fills/s are counted over the span from the first
+to the last acknowledgement (fill), not the nominal window: the load posts with at most
+--workers requests in flight, so an API that answers slowly stretches the sending past
+the window, and the rate it really offered is acks/s. The target (issue 5): p99 under
+100 ms at 1,000 orders/s, with the load holding that rate.
 """
 
 from __future__ import annotations
@@ -106,8 +109,21 @@ class Result:
     acked: int
     filled: int
     latencies_ms: np.ndarray
-    window_s: float
+    # Over the span from the first to the last event, not the nominal window: when the
+    # API answers slower than the load's workers allow, sending stretches past it.
+    acked_per_s: float
+    filled_per_s: float
     cpu: dict[str, float]
+
+    def held(self) -> bool:
+        """Whether the load really was `rate`: orders acknowledged at 95 % of it or more."""
+        return self.acked_per_s >= 0.95 * self.rate
+
+
+def _per_s(stamps_ns: list[int]) -> float:
+    if len(stamps_ns) < 2:
+        return math.nan
+    return (len(stamps_ns) - 1) / ((max(stamps_ns) - min(stamps_ns)) / 1e9)
 
 
 def _accounts(base: Settings, n: int) -> list[str]:
@@ -171,6 +187,8 @@ def run_once(base: Settings, args: argparse.Namespace, rate: int, load: Path) ->
                 str(args.seconds),
                 "-symbols",
                 ",".join(SYMBOLS),
+                "-workers",
+                str(args.workers),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -192,7 +210,8 @@ def run_once(base: Settings, args: argparse.Namespace, rate: int, load: Path) ->
             acked=len(acked),
             filled=len(lat),
             latencies_ms=lat,
-            window_s=args.seconds,
+            acked_per_s=_per_s([int(r[1]) for r in acked]),
+            filled_per_s=_per_s([int(r[2]) for r in acked if r[2] != "0"]),
             cpu=cores_between(before, after),
         )
     finally:
@@ -201,7 +220,8 @@ def run_once(base: Settings, args: argparse.Namespace, rate: int, load: Path) ->
 
 
 HEADER = (
-    f"{'rate':>6} {'acked':>7} {'filled':>7} {'fills/s':>8} {'p50':>7} {'p90':>7} {'p99':>7}"
+    f"{'rate':>6} {'acked':>7} {'filled':>7} {'acks/s':>7} {'fills/s':>7} {'p50':>7} {'p90':>7}"
+    f" {'p99':>7}"
     f" {'max':>8} | {'pipe':>5} {'pg':>5} {'k+r':>5} {'load':>5} {'all':>5}"
 )
 
@@ -209,7 +229,7 @@ HEADER = (
 def row(r: Result) -> str:
     c = r.cpu
     return (
-        f"{r.rate:>6} {r.acked:>7,} {r.filled:>7,} {r.filled / r.window_s:>8,.0f}"
+        f"{r.rate:>6} {r.acked:>7,} {r.filled:>7,} {r.acked_per_s:>7,.0f} {r.filled_per_s:>7,.0f}"
         f" {pct(r.latencies_ms, 50):>7.1f} {pct(r.latencies_ms, 90):>7.1f}"
         f" {pct(r.latencies_ms, 99):>7.1f} {pct(r.latencies_ms, 100):>8.1f}"
         f" | {c.get('pipeline', math.nan):>5.2f} {c.get('postgres', math.nan):>5.2f}"
@@ -226,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accounts", type=int, default=50)
     p.add_argument("--split", action="store_true", help="tapeflow run --split")
     p.add_argument("--quiet-timeout", type=float, default=60.0)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=512,
+        help="the load's concurrent HTTP requests at most (enough for rate x answer time)",
+    )
     args = p.parse_args(argv)
     base = Settings()
     bad = [s.name for s in services.up(base) if not s.healthy]
@@ -252,18 +278,27 @@ def main(argv: list[str] | None = None) -> int:
     for rate, results in summary:
         p99 = [pct(r.latencies_ms, 99) for r in results]
         p50 = [pct(r.latencies_ms, 50) for r in results]
-        fills = [r.filled / r.window_s for r in results]
+        fills = [r.filled_per_s for r in results]
+        acks = [r.acked_per_s for r in results]
         missing = sum(r.acked - r.filled for r in results)
         say(
-            f"  {rate:>5}/s: fills/s {median(fills):,.0f} [{min(fills):,.0f} .. {max(fills):,.0f}],"
+            f"  {rate:>5}/s: acks/s {median(acks):,.0f} [{min(acks):,.0f} .. {max(acks):,.0f}],"
+            f" fills/s {median(fills):,.0f} [{min(fills):,.0f} .. {max(fills):,.0f}],"
             f" p50 {median(p50):.1f} ms, p99 {median(p99):.1f} [{min(p99):.1f} .. {max(p99):.1f}]"
             f" ms; acknowledged but not filled within the drain: {missing}"
         )
     at_target = [s for s in summary if s[0] == TARGET_RATE]
     if at_target:
-        p99 = median([pct(r.latencies_ms, 99) for r in at_target[0][1]])
-        verdict = "met" if p99 < TARGET_P99_MS else "missed"
+        runs = at_target[0][1]
+        p99 = median([pct(r.latencies_ms, 99) for r in runs])
+        held = all(r.held() for r in runs)
+        verdict = "met" if p99 < TARGET_P99_MS and held else "missed"
         say(f"target p99 < {TARGET_P99_MS:.0f} ms at {TARGET_RATE:,} orders/s: {verdict}")
+        if not held:
+            say(
+                f"  (the load did not hold {TARGET_RATE:,} orders/s in every run: the API "
+                "answered slower than its workers allow, see acks/s)"
+            )
     return 0
 
 
