@@ -56,6 +56,18 @@ ZERO = Decimal(0)
 LATE_ENDINGS = frozenset({"expired", "canceled", "rejected"})
 
 
+def _accounts_of(events: list[dict[str, Any]]) -> list[UUID]:
+    """The distinct account ids the events name, sorted (unreadable ones skipped: their
+    event locks its account when it applies, as before)."""
+    out: set[UUID] = set()
+    for event in events:
+        try:
+            out.add(UUID(str(event["account_id"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return sorted(out)
+
+
 class LedgerError(Exception):
     status = 422
     code = "ledger_error"
@@ -517,9 +529,10 @@ class Ledger:
         Nothing is visible before the commit; a failure (deadlock, database down) undoes
         the whole batch, which is safe to apply again.
 
-        Rows are locked in one order everywhere: orders, then positions, then accounts,
-        each kind in key order (infra/order_batch.py places sells, then buys, each by
-        account): a batch that met them in event order deadlocked with placements, and
+        The accounts of a batch are locked first, in id order, then its orders and
+        positions, as order placement locks them (infra/order_batch.py places buys,
+        which lock account rows, before sells, which lock position rows, each in key
+        order): a batch that met them in event order deadlocked with placements, and
         each deadlock cost PostgreSQL's deadlock_timeout (1 s) before one side gave up
         and retried."""
         from infra.ledger_batch import apply_events

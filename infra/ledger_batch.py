@@ -4,26 +4,27 @@ Ledger.apply_batch used to run each event as 8-20 statements under its own savep
 each a round trip: ~3 ms an event, so a batch of 100 held its locks for ~0.3 s and the
 events behind it waited as long. A batch is now three steps in one transaction:
 
-1. read (two round trips, pipeline mode): lock the orders the events name, in id
-   order, and read which event ids are already applied; then lock the positions the
-   fills touch (making the rows of first buys, deleted again if no fill used them) and
-   the open tax lots of the sells, and reserve ids for the lots the buys open;
+1. read (two round trips, pipeline mode): lock the accounts and the orders the events
+   name, both in id order (order placement locks accounts in id order too, so the two
+   never deadlock across accounts), and read which event ids are already applied; then
+   lock the positions the fills touch (making the rows of first buys, deleted again if
+   no fill used them) and the open tax lots of the sells, and reserve ids for the lots
+   the buys open;
 2. apply every event in memory, in order, with the same rules as before
    (schemas.order_states, schemas.positions.apply_fill). Each change goes through the
    `Book`'s journal: an event the ledger refuses (an illegal transition, an overfill or
    oversell, an unknown order) is rolled back in memory, so it leaves no partial
    effect, and is recorded as an anomaly while the rest of the batch applies (what the
    savepoint per event did);
-3. write everything the batch changed, one statement per table (unnest arrays): the
-   accounts are locked (id order) only now, and one UPDATE of them sets cash and
-   reservations and bumps each `event_seq` by the count of the account's events, which
-   are numbered after it (one round trip, pipeline mode); then commit.
+3. write everything the batch changed, one statement per table (unnest arrays): one
+   UPDATE of the accounts sets cash and reservations and bumps each `event_seq` by the
+   count of the account's events, which are numbered after it (one round trip, pipeline
+   mode); then commit.
 
-The account rows are the hot ones: order placement reserves cash on them at the same
-time. The ledger changes them only by deltas, so it takes them last, held for the
-write round trip and the commit only; placement holds them only while its one
-statement runs (migration 0008). Locked first, as before, each side waited out the
-other's whole transaction, round trips and Python included.
+Writing the account rows only at the end (instead of locking them first) was tried: no
+faster in the benchmark, since a placement batch holds every account it touches to its
+own commit and the ledger waits for it either way; it also needs position reads
+without locks. Kept simple until the event numbering leaves the account row.
 
 Exactly once: the orders are locked before the applied event ids are read, so a
 concurrent apply of the same event waits for this commit, then sees it as applied.
@@ -43,7 +44,7 @@ import psycopg
 
 from infra import account_events
 from infra.fills import cash, qty, record_fill
-from infra.ledger import LATE_ENDINGS, Applied
+from infra.ledger import LATE_ENDINGS, Applied, _accounts_of
 from schemas.marketdata import utc_from_ns
 from schemas.oms import ORDER_COLUMNS, Order, encode, order_from_row
 from schemas.order_states import (
@@ -67,12 +68,10 @@ class Anomaly(Exception):
     """An answer the ledger must not apply; recorded in ledger_anomalies instead."""
 
 
-_NOW = "SELECT now()"
-# Taken in the write round trip, right before the account rows are written, so the hot
-# rows order placement also writes are held only for that round trip and the commit.
-# NO KEY UPDATE, the lock the UPDATE itself takes: it lets a placement's order insert
-# (a foreign key, so a KEY SHARE on the account) through.
-_LOCK_ACCOUNTS = "SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+_LOCK_ACCOUNTS = (
+    "SELECT now(), array_agg(id) FROM "
+    "(SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE) a"
+)
 # The orders named, and the replacements of those waiting on a replace (an expiry ends
 # both); the ARRAY(...) is evaluated once, so both are index lookups.
 _LOCK_ORDERS = (
@@ -400,7 +399,7 @@ def apply_events(conn: psycopg.Connection, events: list[dict[str, Any]]) -> list
             with contextlib.suppress(ValueError):  # raised when its event applies
                 named.add(UUID(str(event["replaced_by"])))
     with conn.pipeline():
-        now_cur = conn.execute(_NOW)
+        now_cur = conn.execute(_LOCK_ACCOUNTS, (_accounts_of(events),))
         orders_cur = conn.execute(_LOCK_ORDERS, {"ids": sorted(named)})
         seen_cur = conn.execute(_SEEN, ([p[0] for p in parsed],))
         now_row = now_cur.fetchone()
@@ -532,7 +531,6 @@ def _write_accounts(
     ids = sorted(set(counts) | {a for a, d in book.accounts.items() if any(d)})
     if not ids:
         return None
-    conn.execute(_LOCK_ACCOUNTS, (ids,))  # in id order, as placement takes them
     k: dict[UUID, int] = {}
     ev_cols: list[list] = [[], [], [], [], [], []]
     for _, account_id, name, order_id, at, payload in rendered:

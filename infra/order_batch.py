@@ -12,10 +12,13 @@ accepted order's row, outbox payload and answer before the call, from the values
 sends (schemas.oms.new_order_row, the timestamps its own): the account and position
 rows it reserves against, which the ledger flow writes too, are held only while the
 function runs and commits, never across a round trip or this busy process's Python.
+(The ledger still locks its accounts first, for its whole transaction: taking them
+last, in its write round trip, made it wait for placements at the end of its work,
+and fills came later; see README "Order to fill".)
 
 Every guarantee of Ledger.place is kept: an order is answered only after the commit;
 reservations are the same conditional UPDATEs on the account or position row; the
-outbox row is in the order's transaction. Orders are sorted (sells, then buys, each by
+outbox row is in the order's transaction. Orders are sorted (buys, then sells, each by
 account) so that concurrent batches and the ledger lock rows in one order; a deadlock
 (possible only with the odd client_order_id or Idempotency-Key shared across a buy and
 a sell) retries the batch, and any other database error places the batch's orders one
@@ -145,10 +148,10 @@ def _refusal(it: NewOrder, code: str, available: Decimal | None) -> Outcome:
 
 
 def _sorted(items: list[NewOrder]) -> list[NewOrder]:
-    """Sells (position rows) before buys (account rows), each in key order: the order the
-    ledger locks them in (positions, then accounts), so the two cannot deadlock."""
+    """Buys (account rows) before sells (position rows), each in key order: the order the
+    ledger flow locks them in (accounts, then positions), so the two cannot deadlock."""
     return sorted(
-        items, key=lambda it: (it.request.side == "buy", it.account_id, it.request.symbol)
+        items, key=lambda it: (it.request.side == "sell", it.account_id, it.request.symbol)
     )
 
 

@@ -19,7 +19,7 @@ timestamps set by itself (`p_at`), and this one statement, in its own transactio
 - NOTIFYs `p_channel` once if it accepted any.
 
 The checks, their order and the result rows are 0003's. The caller sorts the orders
-(sells, which lock position rows, before buys, which lock account rows, each in key
+(buys, which lock account rows, before sells, which lock position rows, each in key
 order): the order the ledger flow locks those rows in, so the two cannot deadlock.
 """
 
