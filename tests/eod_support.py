@@ -1,6 +1,6 @@
 """A private ledger for the end-of-day tests: EOD touches every account and every open
 day order of its database, so these tests get a database of their own on the real
-PostgreSQL server (migrated to 0006), their own chDB and Redis database, and build the
+PostgreSQL server (migrated to the head), their own chDB and Redis database, and build the
 ledger with real placements and fills (tests/ledger_support.py's way)."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def private_settings(services: Settings, home: Path) -> Settings:
     settings = Settings(
         home=home, postgres_url=url, redis_port=services.redis_port, redis_db=REDIS_DB
     )
-    db.migrate(settings, "0006")  # what EOD needs; later revisions are others' work
+    db.migrate(settings)  # the head: the ledger's code needs it (0008's place_orders)
     return settings
 
 
