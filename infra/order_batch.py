@@ -58,6 +58,7 @@ from schemas.oms import (
     encode,
     new_order_row,
     new_order_values,
+    ns_of,
     order_from_row,
 )
 from schemas.orders import OrderRequest, Placement
@@ -66,7 +67,8 @@ MAX_BATCH = 256
 SLOTS = 2  # batches in flight per process (each on its own connection)
 DEADLOCK_RETRIES = 5
 
-PLACE_SQL = "SELECT n, code, available FROM place_orders(" + ", ".join(["%s"] * 25) + ")"
+PLACE_ARGS = 25  # migration 0008's signature: 22 arrays, the instant, topic and channel
+PLACE_SQL = "SELECT n, code, available FROM place_orders(" + ", ".join(["%s"] * PLACE_ARGS) + ")"
 
 
 @dataclass(slots=True)
@@ -96,8 +98,8 @@ Outcome = Order | LedgerError | Contended | Exception
 def _prepare(items: list[NewOrder], topic: str) -> tuple[tuple[Any, ...], list[Order]]:
     """The call's parameters, and the order each item becomes if it is accepted."""
     at = datetime.now(UTC)
-    at_ns = int(at.timestamp() * 1_000_000) * 1000
-    cols: list[list[Any]] = [[] for _ in range(22)]
+    at_ns = ns_of(at)
+    rows: list[tuple[Any, ...]] = []
     orders: list[Order] = []
     for it in items:
         r, p = it.request, it.placement
@@ -119,8 +121,8 @@ def _prepare(items: list[NewOrder], topic: str) -> tuple[tuple[Any, ...], list[O
         wire = dict(zip(ORDER_FIELDS, row, strict=True))
         payload = encode({"kind": "new", "at": at_ns, "order": wire})
         body = it.render(order) if it.idempotency is not None and it.render else b""
-        for col, v in zip(cols, (*values, key, digest, body, payload), strict=True):
-            col.append(v)
+        rows.append((*values, key, digest, body, payload))
+    cols = [list(col) for col in zip(*rows, strict=True)]  # one array per argument
     return (*cols, at, topic, OUTBOX_CHANNEL), orders
 
 

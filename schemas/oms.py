@@ -85,7 +85,7 @@ class Order:
 
 ORDER_FIELDS = [f.name for f in fields(Order)]
 ORDER_COLUMNS = ", ".join(ORDER_FIELDS)
-_STATUS = [f.name for f in fields(Order)].index("status")
+_STATUS = ORDER_FIELDS.index("status")
 
 
 # A new order's row as placement writes it (the rest take their column defaults).
@@ -189,8 +189,13 @@ def order_wire(order: Order) -> dict[str, Any]:
     return asdict(order)
 
 
+def ns_of(at: datetime) -> int:
+    """`at` as the messages' "at": integer ns at microsecond precision (PostgreSQL's)."""
+    return int(at.timestamp() * 1_000_000) * 1000
+
+
 def now_ns() -> int:
-    return int(datetime.now(UTC).timestamp() * 1_000_000) * 1000
+    return ns_of(datetime.now(UTC))
 
 
 def order_from_wire(d: dict[str, Any]) -> Order:

@@ -78,7 +78,8 @@ def test_each_answer_is_the_row_postgresql_stored(env: LedgerEnv) -> None:
     account = env.new_account("10000.00")
     env.set_position(account, "AAA", 10)
     items = _items(account, REQUESTS)
-    outcomes = place_batch(env.pool.getconn(), items, env.ledger.topics.orders)
+    with env.pool.connection() as conn:
+        outcomes = place_batch(conn, items, env.ledger.topics.orders)
     assert all(isinstance(o, Order) for o in outcomes), outcomes
     for item, order in zip(items, outcomes, strict=True):
         assert isinstance(order, Order)
@@ -115,7 +116,8 @@ def test_a_refused_order_leaves_no_row_no_message_and_no_answer(env: LedgerEnv) 
     items[2] = NewOrder(account, sell, place(sell, market()), idempotency=("key-2", b"h"))
     # the same key as the first: a concurrent request's, answered from the stored one
     dup = NewOrder(account, buy, place(buy, market()), idempotency=("key-0", b"h"))
-    outcomes = place_batch(env.pool.getconn(), [*items, dup], env.ledger.topics.orders)
+    with env.pool.connection() as conn:
+        outcomes = place_batch(conn, [*items, dup], env.ledger.topics.orders)
     assert isinstance(outcomes[0], Order)
     assert isinstance(outcomes[1], InsufficientBuyingPower)
     assert isinstance(outcomes[2], InsufficientQty)
