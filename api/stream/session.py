@@ -1,9 +1,11 @@
 """One connection's outbound stream: pending events, conflation, sequence numbers, batching.
 
-The hub pushes events synchronously (no awaits on the fan-out path); a writer task
-sends them as one JSON array per WebSocket message, at most one message every
+The hub pushes events synchronously (no awaits on the fan-out path); the process's
+Flusher sends them as one JSON array per WebSocket message, at most one message every
 `batch_ms` (the first event after a quiet spell goes out at once, the rest wait for
-the next slot). Control events (subscription, error, pong) flush at once.
+the next slot). Control events (subscription, error, pong) flush at once. A message
+is written straight to the socket; only when the client's buffer is full does a task
+wait for it to drain (Peer.send_now), and nothing else is sent meanwhile.
 
 - Quotes are conflated per symbol: a newer quote replaces the pending one of its
   symbol and takes its place at the end of the batch (so order stays by arrival).
@@ -26,6 +28,7 @@ from collections import deque
 from starlette.websockets import WebSocket
 
 from api.stream.config import StreamSettings
+from api.stream.flusher import NOW, Flusher, flusher
 from api.stream.peer import Peer
 from api.stream.protocol import Close, Kind, Piece, error, event, with_seq
 
@@ -42,15 +45,16 @@ class Session:
         self._others: deque[tuple[int, Kind | None, str, Piece]] = deque()
         self._arrival = 0
         self._dropped = 0
-        self._wake = asyncio.Event()
-        self._urgent = False
         self._interval = cfg.batch_ms / 1000
+        self._flusher: Flusher | None = None  # set by start()
+        self._slot: int | None = None  # the Flusher slot a flush is due in, if any
+        self._last = -1e9  # loop time of the last message
         self.overflow_since: float | None = None
         self.sending_since: float | None = None
         self.closed = False
         # (kind, symbol) whose snapshot from Redis is pending; a live event first wins.
         self.awaiting_snapshot: set[tuple[Kind, str]] = set()
-        self._writer: asyncio.Task[None] | None = None
+        self._sending: asyncio.Task[None] | None = None  # waiting for the buffer to drain
         self._unsent: bytes | None = None
 
     # ------------------------------------------------------------ fed by the hub
@@ -63,8 +67,8 @@ class Session:
         quotes[symbol] = (self._arrival, piece)
         if self.awaiting_snapshot:
             self.awaiting_snapshot.discard(("quotes", symbol))
-        if not self._wake.is_set():
-            self._wake.set()
+        if self._slot is None:
+            self._due(False)
 
     def push(self, kind: Kind | None, symbol: str, piece: Piece, *, urgent: bool = False) -> None:
         self._arrival += 1
@@ -78,10 +82,7 @@ class Session:
             self.dropped_total += 1
             if self.overflow_since is None:
                 self.overflow_since = asyncio.get_running_loop().time()
-        if urgent or len(others) > self.cfg.max_pending // 2:
-            self._urgent = True
-        if not self._wake.is_set():
-            self._wake.set()
+        self._due(urgent or len(others) > self.cfg.max_pending // 2)
 
     def backlog(self) -> int:
         """Events pending other than quotes (what max_pending bounds)."""
@@ -145,39 +146,54 @@ class Session:
         others.clear()
         return b"[" + b",".join(parts) + b"]"
 
-    # ------------------------------------------------------------ the writer task
+    # ------------------------------------------------------------ sending
 
     def start(self) -> None:
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self._flusher = flusher()
 
-    async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = -1e9
-        wake = self._wake
+    def _due(self, urgent: bool) -> None:
+        """Something is pending: make sure a flush is scheduled, at once if urgent."""
+        if self._flusher is None or self.closed or self._sending is not None:
+            return  # not started, over, or a slow send that reschedules when done
+        if urgent:
+            if self._slot != NOW:
+                self._slot = self._flusher.schedule(self, 0.0)
+        elif self._slot is None:
+            self._slot = self._flusher.schedule(self, self._last + self._interval)
+
+    def flush(self, slot: int) -> None:
+        """Send what is pending; called by the Flusher in the slot it was due in."""
+        if slot != self._slot or self.closed or self._sending is not None:
+            return  # superseded by an earlier (urgent) slot, or nothing to do now
+        self._slot = None
         try:
-            while not self.closed:
-                await wake.wait()
-                wake.clear()
-                if not self._urgent:
-                    delay = last + self._interval - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                self._urgent = False
-                frame = self.take_batch()
-                if frame is None:
-                    continue
-                last = loop.time()
-                self.sending_since = last
-                if not self.peer.send_now(frame):
-                    self._unsent = frame  # until written: a cancelled send writes nothing
-                    await self.ws.send_text(frame.decode())
-                    self._unsent = None
-                self.sending_since = None
+            frame = self.take_batch()
+            if frame is None:
+                return
+            self._last = asyncio.get_running_loop().time()
+            if not self.peer.send_now(frame):
+                self.sending_since = self._last
+                self._unsent = frame  # until written: a cancelled send writes nothing
+                self._sending = asyncio.get_running_loop().create_task(self._drain(frame))
+        except Exception as exc:  # the client went away mid-send: the reader sees it too
+            log.debug("stream send failed: %r", exc)
+            self.closed = True
+
+    async def _drain(self, frame: bytes) -> None:
+        try:
+            await self.ws.send_text(frame.decode())
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the client went away mid-send: the reader sees it too
-            log.debug("stream writer ended: %r", exc)
+        except Exception as exc:
+            log.debug("stream send failed: %r", exc)
             self.closed = True
+            return
+        self._unsent = None
+        self.sending_since = None
+        self._sending = None
+        self._last = asyncio.get_running_loop().time()
+        if self._quotes or self._others or self._dropped:
+            self._due(len(self._others) > self.cfg.max_pending // 2)
 
     def is_slow(self, now: float) -> bool:
         limit = self.cfg.slow_close_s
@@ -191,10 +207,7 @@ class Session:
             return
         self.closed = True
         blocked = self.sending_since is not None or not self.peer.writable()
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._writer
+        await self._cancel_send()
         if err is not None:
             self.push_control(err)
         # The frame a cancelled send never wrote, then everything pending: no seq is lost.
@@ -219,10 +232,13 @@ class Session:
     async def stop(self) -> None:
         """The connection is gone: stop writing."""
         self.closed = True
-        if self._writer is not None:
-            self._writer.cancel()
+        await self._cancel_send()
+
+    async def _cancel_send(self) -> None:
+        if self._sending is not None:
+            self._sending.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._writer
+                await self._sending
 
 
 def _merge(
