@@ -27,6 +27,7 @@ import uvicorn
 from bytewax.run import cli_main
 
 from flows.common import SNAPSHOT_INTERVAL_S, recovery
+from infra.gc_tuning import tune_for_server
 from infra.settings import Settings
 from infra.topics import ensure_topics
 
@@ -152,4 +153,6 @@ def run(
             **UVICORN_WS_OPTIONS,
         )
     else:
+        # The API's process is tuned when its stream hub starts; a flows-only one here.
+        tune_for_server()
         threading.Event().wait()
