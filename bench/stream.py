@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{'':>11} of which Kafka in -> normalize parsed: p50 {pct(n_lat, 50):.1f}"
                     f"  p99 {pct(n_lat, 99):.1f} ms"
                 )
+            by_second = " ".join(f"{v:.0f}" for v in r.p99_by_second_ms)
+            say(f"{'':>11} p99 per second of sending (ms): {by_second}")
             if r.totals.get("first_failure"):
                 say(f"      first client failure: {r.totals['first_failure']}")
     say("\n== Targets (N = 1,000 clients at 10,000 quote updates/s in) ==")

@@ -55,6 +55,7 @@ class RunResult:
     cfg: RunConfig
     latencies_ms: np.ndarray
     to_normalize_ms: np.ndarray  # of the same quotes: feed send -> the normalize flow parsed it
+    p99_by_second_ms: list[float]  # of the quotes sent in each second after the warm-up
     expected: int
     window_s: float
     frames: int
@@ -271,7 +272,13 @@ def _result(
     ok = (off >= 0) & (off % feed.step == 0) & (i >= feed.warm) & (i < feed.total)
     ok &= (i % feed.symbols) == sym
     sent = np.asarray(at, dtype=np.int64)
-    lat = np.sort((recv[ok] - sent[i[ok]]) / 1e6)
+    by_send = (recv[ok] - sent[i[ok]]) / 1e6
+    second = (i[ok] - feed.warm) // feed.rate
+    p99_by_second = [
+        float(np.percentile(by_send[second == k], 99)) if np.any(second == k) else float("nan")
+        for k in range(int(second.max()) + 1 if second.size else 0)
+    ]
+    lat = np.sort(by_send)
     to_normalize = np.sort((parsed[ok] - sent[i[ok]]) / 1e6)  # Kafka in -> normalize parse
     subs = np.zeros(feed.symbols, dtype=np.int64)
     for c in range(cfg.clients):
@@ -284,6 +291,7 @@ def _result(
         cfg=cfg,
         latencies_ms=lat,
         to_normalize_ms=to_normalize,
+        p99_by_second_ms=p99_by_second,
         expected=expected,
         window_s=window,
         frames=int(totals.get("frames", 0)),
