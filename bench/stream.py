@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.stream [--clients 100,500,1000] [--rate 10000] [--symbols 1000]
                                      [--seconds 20] [--warmup 4] [--source kafka|redis|both]
-                                     [--pipeline split|one] [--edge separate|run]
+                                     [--pipeline split|one] [--edge separate|run] [--runs 1]
 
 Needs the services (`tapeflow up`) and Go (the load clients, bench/wsload, are built
 with `go build` on first use). Each run gets a fresh pipeline (its own topic namespace,
@@ -35,7 +35,7 @@ import time
 
 import redis
 
-from bench.machine import machine_lines
+from bench.machine import machine_lines, median
 from bench.machine import percentile as pct
 from bench.stream_feed import Feed
 from bench.stream_run import RunConfig, RunResult, build_wsload, run_once
@@ -78,6 +78,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--batch-ms", type=float, default=50.0)
     p.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="runs of each N and source, each with a fresh pipeline; the targets are judged "
+        "on the median p99 (on this 2-core machine p99 at N = 1,000 varies ~4x between runs)",
+    )
+    p.add_argument(
         "--quiet-timeout",
         type=float,
         default=120.0,
@@ -86,6 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.warmup >= args.seconds:
         p.error("--warmup must be shorter than --seconds")
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
     return args
 
 
@@ -160,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     sources = ("kafka", "redis") if args.source == "both" else (args.source,)
     for n in [int(x) for x in args.clients.split(",") if x]:
-        for source in sources:
+        for source in [src for src in sources for _ in range(args.runs)]:
             base_ns = time.time_ns() + 60 * 10**9
             feed = Feed(args.rate, args.seconds, args.symbols, args.warmup, base_ns)
             cfg = RunConfig(
@@ -198,11 +207,25 @@ def main(argv: list[str] | None = None) -> int:
         if not runs:
             say(f"  n/a   {what}: not run at N = 1,000 and 10,000/s")
             continue
-        p99 = pct(runs[-1].latencies_ms, 99)
+        p99s = [pct(r.latencies_ms, 99) for r in runs]
         for label, limit in (("requirement", REQUIRED_P99_MS), ("goal", GOAL_P99_MS)):
-            mark = "PASS" if p99 < limit else "MISS"
-            say(f"  {mark}  {what}: {label} p99 < {limit:g} ms — measured {p99:.1f} ms")
+            mark, measured = verdict(p99s, limit)
+            say(f"  {mark}  {what}: {label} p99 < {limit:g} ms — {measured}")
     return 0
+
+
+def verdict(p99s: list[float], limit: float) -> tuple[str, str]:
+    """PASS when the median run's p99 is under the limit; the text says how many runs were."""
+    mid = median(p99s)
+    if len(p99s) == 1:
+        text = f"measured {mid:.1f} ms (one run)"
+    else:
+        under = sum(p < limit for p in p99s)
+        text = (
+            f"median {mid:.1f} ms over {len(p99s)} runs [{min(p99s):.1f} .. "
+            f"{max(p99s):.1f}], {under} of {len(p99s)} under"
+        )
+    return ("PASS" if mid < limit else "MISS"), text
 
 
 if __name__ == "__main__":
