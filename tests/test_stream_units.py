@@ -15,7 +15,7 @@ import pytest
 
 from api.stream.clock import MarketClock, xnys_open
 from api.stream.config import StreamSettings
-from api.stream.flusher import flusher
+from api.stream.flusher import Flusher
 from api.stream.protocol import (
     Auth,
     Change,
@@ -201,8 +201,7 @@ def test_the_flusher_sends_sessions_due_now_in_one_pass_and_others_not_before_th
     async def run() -> tuple[list[tuple[str, float]], float]:
         loop = asyncio.get_running_loop()
         log: list[tuple[str, float]] = []
-        f = flusher()
-        assert flusher() is f, "one per loop"
+        f = Flusher(loop)
         start = loop.time()
         later = [_Recorder(f"later{i}", log) for i in range(3)]
         for r in later:
@@ -233,7 +232,7 @@ def test_an_urgent_event_goes_out_at_once_and_the_next_batch_waits_a_whole_inter
     async def run() -> list[tuple[float, str]]:
         ws = Ws()
         session = Session(ws, StreamSettings(batch_ms=200))  # type: ignore[arg-type]
-        session.start()
+        session.start(Flusher(asyncio.get_running_loop()))
         session.push_quote("AAPL", piece(T="q", n=1))  # quiet before: out at once
         await asyncio.sleep(0.03)
         session.push_quote("AAPL", piece(T="q", n=2))  # due 200 ms after the first

@@ -40,6 +40,7 @@ from fastapi import FastAPI
 from api.stream.account import AccountFeed
 from api.stream.clock import MarketClock
 from api.stream.config import StreamSettings, get_stream_settings
+from api.stream.flusher import Flusher
 from api.stream.protocol import (
     CHANNEL_PREFIX,
     KIND_OF_PREFIX,
@@ -91,6 +92,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Task[None]] = set()
         self.name = f"tapeflow-stream-{os.getpid()}-{id(self):x}"  # in Redis CLIENT LIST
+        self.flusher = Flusher(asyncio.get_running_loop())  # when each session sends
 
     # ------------------------------------------------------------ lifecycle
 

@@ -50,7 +50,7 @@ class Connection:
 
     async def run(self) -> None:
         await self.ws.accept()
-        self.session.start()
+        self.session.start(self.hub.flusher)
         try:
             if await self._authenticate() and await self._take_slot():
                 await self._serve()

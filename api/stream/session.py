@@ -1,6 +1,6 @@
 """One connection's outbound stream: pending events, conflation, sequence numbers, batching.
 
-The hub pushes events synchronously (no awaits on the fan-out path); the process's
+The hub pushes events synchronously (no awaits on the fan-out path); the hub's
 Flusher sends them as one JSON array per WebSocket message, at most one message every
 `batch_ms` (the first event after a quiet spell goes out at once, the rest wait for
 the next slot). Control events (subscription, error, pong) flush at once. A message
@@ -28,7 +28,7 @@ from collections import deque
 from starlette.websockets import WebSocket
 
 from api.stream.config import StreamSettings
-from api.stream.flusher import NOW, Flusher, flusher
+from api.stream.flusher import NOW, Flusher
 from api.stream.peer import Peer
 from api.stream.protocol import Close, Kind, Piece, error, event, with_seq
 
@@ -46,7 +46,7 @@ class Session:
         self._arrival = 0
         self._dropped = 0
         self._interval = cfg.batch_ms / 1000
-        self._flusher: Flusher | None = None  # set by start()
+        self._flusher: Flusher | None = None  # the hub's, from start()
         self._slot: int | None = None  # the Flusher slot a flush is due in, if any
         self._last = -1e9  # loop time of the last message
         self.overflow_since: float | None = None
@@ -148,8 +148,8 @@ class Session:
 
     # ------------------------------------------------------------ sending
 
-    def start(self) -> None:
-        self._flusher = flusher()
+    def start(self, flusher: Flusher) -> None:
+        self._flusher = flusher
 
     def _due(self, urgent: bool) -> None:
         """Something is pending: make sure a flush is scheduled, at once if urgent."""
