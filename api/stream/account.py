@@ -207,8 +207,7 @@ class AccountFeed:
     async def _room(self) -> None:
         """Wait while the session holds more than half its pending limit."""
         session = self.session
-        limit = session.cfg.max_pending // 2
-        while not session.closed and session.backlog() > limit:
+        while not session.closed and session.behind():
             await asyncio.sleep(session.cfg.batch_ms / 1000)
 
     def _head(self) -> int:

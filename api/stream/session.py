@@ -82,11 +82,12 @@ class Session:
             self.dropped_total += 1
             if self.overflow_since is None:
                 self.overflow_since = asyncio.get_running_loop().time()
-        self._due(urgent or len(others) > self.cfg.max_pending // 2)
+        self._due(urgent or self.behind())
 
-    def backlog(self) -> int:
-        """Events pending other than quotes (what max_pending bounds)."""
-        return len(self._others)
+    def behind(self) -> bool:
+        """Events other than quotes fill more than half the pending limit: send without
+        waiting for the next slot, and let a catch-up read wait (AccountFeed)."""
+        return len(self._others) > self.cfg.max_pending // 2
 
     def push_control(self, piece: Piece) -> None:
         self.push(None, "", piece, urgent=True)
@@ -193,7 +194,7 @@ class Session:
         self._sending = None
         self._last = asyncio.get_running_loop().time()
         if self._quotes or self._others or self._dropped:
-            self._due(len(self._others) > self.cfg.max_pending // 2)
+            self._due(self.behind())
 
     def is_slow(self, now: float) -> bool:
         limit = self.cfg.slow_close_s
