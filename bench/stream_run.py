@@ -24,6 +24,7 @@ from bench.harness import (
     service_pids,
     wait_quiet,
 )
+from bench.machine import percentile
 from bench.stream_feed import PREFIX, VENUE, Feed, prime_lines, produce, publish, send
 from infra import accounts, api_keys, db
 from infra.replay import producer
@@ -274,8 +275,9 @@ def _result(
     sent = np.asarray(at, dtype=np.int64)
     by_send = (recv[ok] - sent[i[ok]]) / 1e6
     second = (i[ok] - feed.warm) // feed.rate
+    # nearest rank, as every other percentile printed (an empty second: nan)
     p99_by_second = [
-        float(np.percentile(by_send[second == k], 99)) if np.any(second == k) else float("nan")
+        percentile(np.sort(by_send[second == k]), 99)
         for k in range(int(second.max()) + 1 if second.size else 0)
     ]
     lat = np.sort(by_send)

@@ -37,16 +37,17 @@ import (
 	"github.com/valyala/fastjson"
 )
 
+// The fields of an event this client counts (decode fills them).
 type event struct {
-	T       string `json:"T"`
-	Seq     int64  `json:"seq"`
-	Symbol  string `json:"symbol"`
-	EventNs int64  `json:"event_ns"`
-	RecvNs  int64  `json:"receive_ns"`
-	FromSeq int64  `json:"from_seq"`
-	ToSeq   int64  `json:"to_seq"`
-	Dropped int64  `json:"dropped"`
-	Code    string `json:"code"`
+	T       string
+	Seq     int64
+	Symbol  string
+	EventNs int64
+	RecvNs  int64
+	FromSeq int64
+	ToSeq   int64
+	Dropped int64
+	Code    string
 }
 
 // decode parses a frame (a JSON array of events) in full, keeping the fields counted here.
