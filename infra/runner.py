@@ -130,6 +130,9 @@ def run(
     eod: bool = True,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Every process this starts runs for hours; the stream hub does the same for stream
+    # workers that uvicorn starts on its own (python -m api.stream --workers N).
+    tune_for_server()
     here = tuple(f for f in flows if not split or f == "candles")
     ensure_topics(settings)
     start_flow_processes(tuple(f for f in flows if f not in here), workers)
@@ -153,6 +156,4 @@ def run(
             **UVICORN_WS_OPTIONS,
         )
     else:
-        # The API's process is tuned when its stream hub starts; a flows-only one here.
-        tune_for_server()
         threading.Event().wait()
