@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.edge == "separate"
         else "WS served by the API inside `tapeflow run` (flows + API in one process)"
     )
-    say(f"load        {go}; bench/wsload (github.com/coder/websocket), one process")
+    say(f"load        {go}; bench/wsload (github.com/gobwas/ws), one process")
     say(
         f"\nfeed: {args.rate:,} JSON quote lines/s, one per Kafka message, into md.raw.nasdaq, "
         f"round-robin over {args.symbols:,} symbols, {args.seconds:g} s "

@@ -35,7 +35,7 @@ WSLOAD_SRC = ROOT / "bench" / "wsload"
 
 
 def build_wsload(out_dir: Path) -> Path:
-    """go build the load client (fetches github.com/coder/websocket on first use)."""
+    """go build the load client (fetches its modules on first use)."""
     return go_binary(WSLOAD_SRC, ".", "wsload", out_dir)
 
 
@@ -147,6 +147,12 @@ def _start_main(pipe: BenchPipeline, flows: str) -> None:
     pipe.proc = _spawn(pipe, ["--flows", flows], "run.log")
 
 
+def most_quotes(cfg: RunConfig) -> int:
+    """The most quotes one client can receive: every feed quote of its symbols, and a
+    snapshot of each."""
+    return -(-cfg.feed.total * cfg.per // cfg.feed.symbols) + cfg.per
+
+
 def run_once(base: Settings, cfg: RunConfig, wsload: Path, quiet_s: float) -> RunResult:
     """Waits (up to quiet_s) for other processes to go quiet first, and says if they did not."""
     others = wait_quiet({"bench": [os.getpid()], **service_pids(base)}, QUIET_CORES, quiet_s)
@@ -205,6 +211,7 @@ def run_once(base: Settings, cfg: RunConfig, wsload: Path, quiet_s: float) -> Ru
                 *("-clients", str(cfg.clients), "-per", str(cfg.per)),
                 *("-nsym", str(feed.symbols), "-prefix", PREFIX, "-width", str(feed.width)),
                 *("-stride", str(stride(cfg)), "-out", str(out)),
+                *("-expect", str(most_quotes(cfg))),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
