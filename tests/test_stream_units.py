@@ -12,10 +12,12 @@ from typing import Any
 
 import orjson
 import pytest
+from websockets.frames import Frame, Opcode
 
 from api.stream.clock import MarketClock, xnys_open
 from api.stream.config import StreamSettings
 from api.stream.flusher import Flusher
+from api.stream.peer import text_frame
 from api.stream.protocol import (
     Auth,
     Change,
@@ -97,6 +99,14 @@ def sub(**kinds: list[str]) -> Change:
 
 def unsub(**kinds: list[str]) -> Change:
     return Change(False, {k: frozenset(v) for k, v in kinds.items()})  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 70_000])
+def test_a_text_frame_is_what_the_websockets_library_would_write(size: int) -> None:
+    # Each boundary of the 7-bit, 16-bit and 64-bit length encodings (RFC 6455 5.2).
+    payload = bytes(range(97, 123)) * (size // 26) + b"a" * (size % 26)
+    expected = Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+    assert text_frame(payload) == expected
 
 
 def test_subscription_rules() -> None:

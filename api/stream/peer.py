@@ -17,6 +17,18 @@ import contextlib
 from typing import Any
 
 from starlette.websockets import WebSocket
+from websockets.protocol import State
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final, uncompressed WebSocket text frame (RFC 6455 5.2), as a
+    server sends one."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 class Peer:
@@ -36,7 +48,11 @@ class Peer:
         """Write a text message (UTF-8 bytes) straight to the protocol, if it is open and
         writable: what uvicorn's ASGI send does, without its awaits, the ASGI message
         and a str round trip per message. False:
-        use the ASGI path (which waits for the buffer to drain)."""
+        use the ASGI path (which waits for the buffer to drain).
+
+        With no extension negotiated and nothing else queued, the frame is built here
+        rather than by the websockets protocol object, whose Frame and serialize were
+        a fifth of this call's Python time at 1,000 connections."""
         proto = self._proto
         if (
             proto is None
@@ -47,11 +63,20 @@ class Peer:
             or not proto.writable.is_set()
         ):
             return False
+        conn = proto.conn
+        if (
+            conn.state is State.OPEN
+            and not conn.extensions
+            and not conn.writes
+            and not conn.expect_continuation_frame
+        ):
+            proto.transport.write(text_frame(text))
+            return True
         try:
-            proto.conn.send_text(text)
+            conn.send_text(text)
         except Exception:  # the protocol is closing: the ASGI path will say so
             return False
-        proto.transport.write(b"".join(proto.conn.data_to_send()))
+        proto.transport.write(b"".join(conn.data_to_send()))
         return True
 
     def force_close(self, code: int, reason: str, last: list[bytes], grace_s: float) -> bool:
