@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from infra.settings import Settings
-from infra.topics import PARTITIONS, Topics, all_topics, ensure_topics, topics_of
+from infra.topics import Topics, all_topics, ensure_topics, partitions_of, topics_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -186,7 +186,9 @@ class TopicCounter:
             {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}"}
         )
         names = [topics.quotes, topics.trades, topics.status]
-        self.partitions = {t: [TopicPartition(t, p) for p in range(PARTITIONS)] for t in names}
+        self.partitions = {
+            t: [TopicPartition(t, p) for p in partitions_of(bootstrap, t)] for t in names
+        }
 
     def counts(self) -> dict[str, int]:
         return {

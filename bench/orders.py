@@ -180,13 +180,13 @@ def _run_backends(base: Settings, pids: list[int]) -> list[int]:
 def _relayed(pipe: BenchPipeline) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
-    from infra.topics import PARTITIONS
+    from infra.topics import partitions_of
 
     c = Consumer({"bootstrap.servers": pipe.settings.bootstrap, "group.id": "bench-orders"})
     try:
         return sum(
             c.get_watermark_offsets(TopicPartition(pipe.topics.orders, p), timeout=5)[1]
-            for p in range(PARTITIONS)
+            for p in partitions_of(pipe.settings.bootstrap, pipe.topics.orders)
         )
     finally:
         c.close()

@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +37,10 @@ class Settings(BaseSettings):
 
     # Prefix for every Kafka topic, so pipelines can share a broker (tests use one each).
     namespace: str = ""
+    # Partitions of each topic Tapeflow creates (existing topics keep theirs). A flow's
+    # workers share a topic's partitions, so a flow spread over N workers needs N; on one
+    # machine one is enough, and the broker's CPU goes by partition (README, "Scaling out").
+    partitions: int = Field(1, ge=1)
     venues: str = "iex,nasdaq"  # comma-separated; each reads Kafka topic md.raw.<venue>
     stale_after_s: float = 5.0
     # How long a process trusts an API key it has checked; a key revoked elsewhere keeps

@@ -12,8 +12,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.settings import Settings
 
-PARTITIONS = 4
-
 
 @dataclass(frozen=True, slots=True)
 class Topics:
@@ -97,7 +95,7 @@ def ensure_topics(settings: Settings, wanted: list[str] | None = None) -> None:
     missing = [
         NewTopic(
             t,
-            num_partitions=PARTITIONS,
+            num_partitions=settings.partitions,
             replication_factor=1,
             config=VENUE_REPORTS_CONFIG if t == reports else {},
         )
@@ -112,3 +110,12 @@ def ensure_topics(settings: Settings, wanted: list[str] | None = None) -> None:
         except Exception as exc:  # a concurrent creator already made it
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise RuntimeError(f"could not create topic {topic}: {exc}") from exc
+
+
+def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """The partition numbers an existing topic has (it may predate the setting)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    meta = admin.list_topics(topic, timeout=10).topics[topic]
+    if meta.error is not None:
+        raise RuntimeError(f"topic {topic}: {meta.error}")
+    return sorted(meta.partitions)

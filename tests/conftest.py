@@ -68,6 +68,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+PIPELINE_PARTITIONS = 4
+
+
 class Pipeline:
     """One isolated Tapeflow pipeline: its settings, and its `tapeflow run` process."""
 
@@ -80,10 +83,14 @@ class Pipeline:
             "TAPEFLOW_NAMESPACE": f"t{uuid.uuid4().hex[:8]}.",
             "TAPEFLOW_REDIS_DB": str(db),
             "TAPEFLOW_API_PORT": str(_free_port()),
+            # More than the default of one, so that the flows' sharing of partitions
+            # among their consumers is what these pipelines exercise.
+            "TAPEFLOW_PARTITIONS": str(PIPELINE_PARTITIONS),
         }
         self.settings = Settings(
             home=home,
             namespace=self.env["TAPEFLOW_NAMESPACE"],
+            partitions=PIPELINE_PARTITIONS,
             redis_db=db,
             api_port=int(self.env["TAPEFLOW_API_PORT"]),
             kafka_port=base.kafka_port,

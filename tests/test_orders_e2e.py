@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 from infra import db
 from infra.ledger import Ledger
 from infra.quote_store import QuoteStore
-from infra.topics import PARTITIONS
+from infra.topics import partitions_of
 from schemas.marketdata import NBBO_VENUE, Quote, Security
 from tests.conftest import Pipeline, new_user
 from tests.e2e_support import until
@@ -48,7 +48,9 @@ def _oms_orders(pipeline: Pipeline) -> list[bytes]:
             "enable.auto.commit": False,
         }
     )
-    parts = [TopicPartition(pipeline.topics.orders, p, 0) for p in range(PARTITIONS)]
+    orders = pipeline.topics.orders
+    numbers = partitions_of(pipeline.settings.bootstrap, orders)
+    parts = [TopicPartition(orders, p, 0) for p in numbers]
     ends = {p: consumer.get_watermark_offsets(tp, timeout=10)[1] for p, tp in enumerate(parts)}
     consumer.assign(parts)
     out: list[bytes] = []
