@@ -14,11 +14,12 @@ from infra.recording import Record, read_recording
 SENT_HEADER = "tapeflow-sent-ns"
 
 
-# Market data producers (this feed handler and the normalize flow's sink) linger 10 ms,
-# not 1 or 5: the broker's CPU goes by produce request, not by message (and each request
-# wakes the consumers' fetches). At 10,000 msgs/s with two consumers it used 0.27-0.43
-# cores at 5 ms, 0.18-0.20 at 10, 0.11 at 20 (README Measured, "WebSocket stream").
-MARKET_DATA_LINGER_MS = 10
+# Market data producers (this feed handler and the normalize flow's sink) linger 5 ms:
+# the broker's CPU goes by produce request and by partition. On 4 partitions a 10,000
+# msgs/s producer and consumer cost it 0.27-0.43 cores at 5 ms and 0.18-0.20 at 10; on
+# one partition (the default since) 0.10-0.17 at 5 ms and 0.08 at 10, and 5 ms takes
+# ~5 ms off each hop's p99 (README Measured, "WebSocket stream").
+MARKET_DATA_LINGER_MS = 5
 
 
 def producer(bootstrap: str, **extra: str) -> Producer:
