@@ -15,10 +15,10 @@ SENT_HEADER = "tapeflow-sent-ns"
 
 
 # Market data producers (this feed handler and the normalize flow's sink) linger 5 ms:
-# the broker's CPU goes by produce request and by partition. On 4 partitions a 10,000
-# msgs/s producer and consumer cost it 0.27-0.43 cores at 5 ms and 0.18-0.20 at 10; on
-# one partition (the default since) 0.10-0.17 at 5 ms and 0.08 at 10, and 5 ms takes
-# ~5 ms off each hop's p99 (README Measured, "WebSocket stream").
+# the broker's CPU goes by produce request and by partition. A 10,000 msgs/s producer
+# and consumer at 10 ms cost it 0.15-0.17 cores on 4 partitions and 0.08 on one (the
+# default since); on one, 5 ms cost 0.10-0.17 and took ~5 ms off the hop's p99 (README
+# Measured, "WebSocket stream").
 MARKET_DATA_LINGER_MS = 5
 
 

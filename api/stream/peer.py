@@ -52,7 +52,7 @@ class Peer:
 
         With no extension negotiated and nothing else queued, the frame is built here
         rather than by the websockets protocol object, whose Frame and serialize were
-        a fifth of this call's Python time at 1,000 connections."""
+        a fifth of this call's time at 1,000 connections (py-spy)."""
         proto = self._proto
         if (
             proto is None
