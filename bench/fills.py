@@ -2,7 +2,7 @@
 oms.executions -> ledger flow -> trade_update on WS /v1/stream.
 
     .venv/bin/python -m bench.fills [--rates 250,500,1000] [--seconds 10] [--runs 3]
-                                    [--accounts 50] [--split]
+                                    [--accounts 50] [--split] [--hops]
 
 Needs the services (`tapeflow up`) and Go (bench/wsload/fillload is built on first use).
 Each run gets a fresh, isolated pipeline (bench.harness: its own topic namespace, Redis
@@ -20,7 +20,9 @@ acknowledgement) was read. acks/s and fills/s are counted over the span from the
 to the last acknowledgement (fill), not the nominal window: the load posts with at most
 --workers requests in flight, so an API that answers slowly stretches the sending past
 the window, and the rate it really offered is acks/s. The target (issue 5): p99 under
-100 ms at 1,000 orders/s, with the load holding that rate.
+100 ms at 1,000 orders/s, with the load holding that rate. --hops prints, per run, where
+the orders' time went (bench/hops.py): placement, relay, execution, waiting for the
+ledger, and the ledger transaction with the stream.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from bench import harness
+from bench import harness, hops
 from bench.harness import (
     BenchPipeline,
     CpuBook,
@@ -203,6 +205,16 @@ def run_once(base: Settings, args: argparse.Namespace, rate: int, load: Path) ->
         after = CpuBook.take(pids)
         rows = [line.split() for line in out.decode().splitlines() if line.strip()]
         acked = [r for r in rows if r[3] == "200"]
+        if args.hops:
+            time.sleep(1.0)  # the last fills' broker timestamps and ledger rows are in
+            stamps = hops.collect(
+                pipe.settings.bootstrap,
+                pipe.topics.orders,
+                pipe.topics.executions,
+                db.pool(base.postgres),
+                (r for r in acked if r[2] != "0"),
+            )
+            say("\n".join(hops.table(stamps)))
         lat = np.sort(
             np.array([(int(r[2]) - int(r[1])) / 1e6 for r in acked if r[2] != "0"], dtype=float)
         )
@@ -247,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accounts", type=int, default=50)
     p.add_argument("--split", action="store_true", help="tapeflow run --split")
     p.add_argument("--quiet-timeout", type=float, default=60.0)
+    p.add_argument("--hops", action="store_true", help="print where the orders' time went")
     p.add_argument(
         "--workers",
         type=int,
