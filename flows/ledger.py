@@ -92,7 +92,9 @@ class _LedgerPartition(StatelessSinkPartition[list[Event]]):
         from infra import db
         from infra.ledger import Ledger
 
-        self.ledger = Ledger(db.pool(settings.postgres), topics)
+        pool = db.pool(settings.postgres)
+        db.keep_open(pool, LANES)
+        self.ledger = Ledger(pool, topics)
         self.redis = redis.Redis.from_url(
             settings.redis, socket_timeout=0.5, socket_connect_timeout=0.5
         )

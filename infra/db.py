@@ -50,6 +50,18 @@ def pool(dsn: str) -> ConnectionPool:
         return found
 
 
+def keep_open(pool: ConnectionPool, n: int, timeout_s: float = POOL_TIMEOUT_S) -> None:
+    """Hold at least `n` connections open from now on, and wait until they are.
+
+    A pool grows one connection at a time, on demand, and shrinks back after it has been
+    idle a while: a caller that needs `n` at once (the ledger's lanes) would otherwise pay
+    for the connections with the first batch after a start or a quiet spell (the first
+    ledger batch after a start took ~0.5 s instead of ~50 ms)."""
+    if pool.min_size < n:
+        pool.resize(min_size=n, max_size=max(n, pool.max_size or n))
+    pool.wait(timeout=timeout_s)
+
+
 def fetchone(pool: ConnectionPool, sql: str, params: tuple = ()) -> tuple | None:
     """One row of a single autocommitted statement."""
     with pool.connection() as conn:
