@@ -4,12 +4,14 @@ Ledger.apply_batch used to run each event as 8-20 statements under its own savep
 each a round trip: ~3 ms an event, so a batch of 100 held its locks for ~0.3 s and the
 events behind it waited as long. A batch is now three steps in one transaction:
 
-1. read (two round trips, pipeline mode): lock the accounts and the orders the events
+1. read (one round trip, pipeline mode): lock the accounts and the orders the events
    name, both in id order (order placement locks accounts in id order too, so the two
    never deadlock across accounts), and read which event ids are already applied; then
    lock the positions the fills touch (making the rows of first buys, deleted again if
    no fill used them) and the open tax lots of the sells, and reserve ids for the lots
-   the buys open;
+   the buys open. The fill reads find their keys through the orders the fills name, in
+   SQL, so they ride in the same round trip: each round trip is time the batch holds
+   the account rows that order placement waits for;
 2. apply every event in memory, in order, with the same rules as before
    (schemas.order_states, schemas.positions.apply_fill). Each change goes through the
    `Book`'s journal: an event the ledger refuses (an illegal transition, an overfill or
@@ -95,6 +97,28 @@ _LOCK_LOTS = (
     "ORDER BY t.account_id, t.symbol, t.opened_at, t.id FOR UPDATE OF t"
 )
 _LOT_IDS = "SELECT nextval(pg_get_serial_sequence('tax_lots', 'id')) FROM generate_series(1, %s)"
+# The same reads for the fills of a batch, keyed by the orders the fills name (locked by
+# _LOCK_ORDERS earlier in the same round trip), so they need no round trip of their own.
+_FILL_KEYS = "SELECT DISTINCT account_id, symbol FROM orders WHERE id = ANY(%(fills)s::uuid[])"
+_MAKE_FILL_POSITIONS = (
+    "INSERT INTO positions (account_id, symbol) "
+    f"SELECT account_id, symbol FROM ({_FILL_KEYS}) k ORDER BY account_id, symbol "
+    "ON CONFLICT DO NOTHING RETURNING account_id, symbol"
+)
+_LOCK_FILL_POSITIONS = (
+    f"SELECT p.account_id, p.symbol, p.qty FROM positions p JOIN ({_FILL_KEYS}) k "
+    "USING (account_id, symbol) ORDER BY p.account_id, p.symbol FOR UPDATE OF p"
+)
+_LOCK_FILL_LOTS = (
+    "SELECT t.account_id, t.symbol, t.id, t.opened_at, t.remaining_qty, t.price "
+    f"FROM tax_lots t JOIN ({_FILL_KEYS} AND side = 'sell') k USING (account_id, symbol) "
+    "WHERE t.remaining_qty > 0 "
+    "ORDER BY t.account_id, t.symbol, t.opened_at, t.id FOR UPDATE OF t"
+)
+_FILL_LOT_IDS = (  # one per buy fill (a duplicate's id is never used: a gap, no harm)
+    "SELECT nextval(pg_get_serial_sequence('tax_lots', 'id')) "
+    "FROM unnest(%(fills)s::uuid[]) f(id) JOIN orders o USING (id) WHERE o.side = 'buy'"
+)
 
 
 class Book:
@@ -192,20 +216,32 @@ class Book:
             lock = conn.execute(_LOCK_POSITIONS, _columns(keys)) if keys else None
             lots = conn.execute(_LOCK_LOTS, _columns(sells)) if sells else None
             ids = conn.execute(_LOT_IDS, (buys,)) if buys else None
-            if made is not None and lock is not None:
-                self.made.update((a, s) for a, s in made.fetchall())
-                self.positions.update({(a, s): q for a, s, q in lock.fetchall()})
-            if lots is not None:
-                found: dict[Key, list[Lot]] = {key: [] for key in sells}
-                for a, s, *lot in lots.fetchall():
-                    found[(a, s)].append(Lot(*lot))
-                    self.lots_read[lot[0]] = lot[2]
-                for lot_id, a, s, _, at, q, price in self.new_lots:  # opened by this batch
-                    if (a, s) in found:
-                        found[(a, s)].append(Lot(lot_id, at, q, price))
-                self.lots.update({key: tuple(v) for key, v in found.items()})
-            if ids is not None:
-                self.lot_ids += sorted(r[0] for r in ids.fetchall())
+            self.take_fill_rows(made, lock, lots, ids, sells)
+
+    def take_fill_rows(
+        self,
+        made: psycopg.Cursor | None,
+        lock: psycopg.Cursor | None,
+        lots: psycopg.Cursor | None,
+        ids: psycopg.Cursor | None,
+        sells: list[Key],
+    ) -> None:
+        """The results of the fill reads (read_fill_rows, or the batch's first round trip):
+        position rows made and locked, the open lots of `sells`, lot ids reserved."""
+        if made is not None and lock is not None:
+            self.made.update((a, s) for a, s in made.fetchall())
+            self.positions.update({(a, s): q for a, s, q in lock.fetchall()})
+        if lots is not None:
+            found: dict[Key, list[Lot]] = {key: [] for key in sells}
+            for a, s, *lot in lots.fetchall():
+                found.setdefault((a, s), []).append(Lot(*lot))
+                self.lots_read[lot[0]] = lot[2]
+            for lot_id, a, s, _, at, q, price in self.new_lots:  # opened by this batch
+                if (a, s) in found:
+                    found[(a, s)].append(Lot(lot_id, at, q, price))
+            self.lots.update({key: tuple(v) for key, v in found.items()})
+        if ids is not None:
+            self.lot_ids += sorted(r[0] for r in ids.fetchall())
 
     # -- changes --------------------------------------------------------------------------
 
@@ -398,17 +434,30 @@ def apply_events(conn: psycopg.Connection, events: list[dict[str, Any]]) -> list
         if event.get("replaced_by"):
             with contextlib.suppress(ValueError):  # raised when its event applies
                 named.add(UUID(str(event["replaced_by"])))
+    fills = {"fills": [p[1] for p in parsed if p[2] == "fill"]}
     with conn.pipeline():
         now_cur = conn.execute(_LOCK_ACCOUNTS, (_accounts_of(events),))
         orders_cur = conn.execute(_LOCK_ORDERS, {"ids": sorted(named)})
         seen_cur = conn.execute(_SEEN, ([p[0] for p in parsed],))
+        if fills["fills"]:
+            made = conn.execute(_MAKE_FILL_POSITIONS, fills)
+            lock = conn.execute(_LOCK_FILL_POSITIONS, fills)
+            lots = conn.execute(_LOCK_FILL_LOTS, fills)
+            ids = conn.execute(_FILL_LOT_IDS, fills)
         now_row = now_cur.fetchone()
         assert now_row is not None
         book = Book(conn, now_row[0])
         book.add_orders(orders_cur.fetchall())
         book.missing = named - book.orders.keys()
         seen = {r[0] for r in seen_cur.fetchall()}
-    _read_fill_rows(book, parsed, seen)
+        if fills["fills"]:
+            sells = {
+                (o.account_id, o.symbol): None
+                for o in map(book.orders.get, fills["fills"])
+                if o is not None and o.side == "sell"
+            }
+            book.take_fill_rows(made, lock, lots, ids, sorted(sells))
+    _read_fill_rows(book, parsed, seen)  # only what the first round trip could not know
 
     out: list[Applied | None] = []
     applied: list[tuple[str, UUID, str]] = []
@@ -457,12 +506,14 @@ def _read_fill_rows(book: Book, parsed: list, seen: set[str]) -> None:
         if kind != "fill" or event_id in seen or order is None:
             continue
         key = (order.account_id, order.symbol)
-        keys[key] = None
+        if key not in book.positions:
+            keys[key] = None
         if order.side == "buy":
             buys += 1
-        else:
+        elif key not in book.lots:
             sells[key] = None
-    if keys:
+    buys = max(0, buys - len(book.lot_ids))
+    if keys or sells or buys:
         book.read_fill_rows(sorted(keys), sorted(sells), buys)
 
 
