@@ -4,29 +4,30 @@ Ledger.apply_batch used to run each event as 8-20 statements under its own savep
 each a round trip: ~3 ms an event, so a batch of 100 held its locks for ~0.3 s and the
 events behind it waited as long. A batch is now three steps in one transaction:
 
-1. read (one round trip, pipeline mode): lock the accounts and the orders the events
-   name, both in id order (order placement locks accounts in id order too, so the two
-   never deadlock across accounts), and read which event ids are already applied; then
-   lock the positions the fills touch (making the rows of first buys, deleted again if
-   no fill used them) and the open tax lots of the sells, and reserve ids for the lots
-   the buys open. The fill reads find their keys through the orders the fills name, in
-   SQL, so they ride in the same round trip: each round trip is time the batch holds
-   the account rows that order placement waits for;
+1. read (one round trip, pipeline mode, with the BEGIN): lock the orders the events
+   name (in id order) and read which event ids are already applied; read the positions
+   the fills touch (making the rows of first buys, deleted again if no fill used them),
+   lock the open tax lots of the sells, and reserve ids for the lots the buys open.
+   The fill reads find their keys through the orders the fills name, in SQL, so they
+   need no round trip of their own. Positions are read without a lock (only ledger
+   batches change a position's qty, and one account's batches never run at once);
 2. apply every event in memory, in order, with the same rules as before
    (schemas.order_states, schemas.positions.apply_fill). Each change goes through the
    `Book`'s journal: an event the ledger refuses (an illegal transition, an overfill or
    oversell, an unknown order) is rolled back in memory, so it leaves no partial
    effect, and is recorded as an anomaly while the rest of the batch applies (what the
    savepoint per event did);
-3. write everything the batch changed, one statement per table (unnest arrays): one
-   UPDATE of the accounts sets cash and reservations and bumps each `event_seq` by the
-   count of the account's events, which are numbered after it (one round trip, pipeline
-   mode); then commit.
+3. write everything the batch changed, one statement per table (unnest arrays), and
+   commit, in one round trip: lock the accounts in id order (as order placement does),
+   one UPDATE of the accounts sets cash and reservations and bumps each `event_seq` by
+   the count of the account's events, which are numbered after it; then the positions
+   (after the accounts, as placement takes them), orders, lots, executions.
 
-Writing the account rows only at the end (instead of locking them first) was tried: no
-faster in the benchmark, since a placement batch holds every account it touches to its
-own commit and the ledger waits for it either way; it also needs position reads
-without locks. Kept simple until the event numbering leaves the account row.
+The account rows are what order placement waits on (it reserves buying power on them).
+Until 2026-12-04 the batch locked them first and held them while it read and
+computed; at 1,000 orders/s the ledger then spent about half its time waiting for
+placements and placements for it (PostgreSQL `Lock:transactionid` on both sides).
+Now it holds them for its last round trip only.
 
 Exactly once: the orders are locked before the applied event ids are read, so a
 concurrent apply of the same event waits for this commit, then sees it as applied.
@@ -35,6 +36,7 @@ concurrent apply of the same event waits for this commit, then sees it as applie
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
@@ -46,7 +48,7 @@ import psycopg
 
 from infra import account_events
 from infra.fills import cash, qty, record_fill
-from infra.ledger import LATE_ENDINGS, Applied, _accounts_of
+from infra.ledger import LATE_ENDINGS, Applied
 from schemas.marketdata import utc_from_ns
 from schemas.oms import ORDER_COLUMNS, Order, encode, order_from_row
 from schemas.order_states import (
@@ -87,9 +89,11 @@ _MAKE_POSITIONS = (
     f"INSERT INTO positions (account_id, symbol) SELECT account_id, symbol FROM {_KEYS} "
     "ON CONFLICT DO NOTHING RETURNING account_id, symbol"
 )
-_LOCK_POSITIONS = (
-    f"SELECT p.account_id, p.symbol, p.qty FROM positions p JOIN {_KEYS} "
-    "USING (account_id, symbol) ORDER BY p.account_id, p.symbol FOR UPDATE OF p"
+# Positions are read without a lock: only ledger batches change a position's qty, and one
+# account's batches never run at once (lanes and partitions go by account); the write
+# changes it by a delta, under the lock it takes then, after the account's (see _write).
+_READ_POSITIONS = (
+    f"SELECT p.account_id, p.symbol, p.qty FROM positions p JOIN {_KEYS} USING (account_id, symbol)"
 )
 _LOCK_LOTS = (
     f"SELECT t.account_id, t.symbol, t.id, t.opened_at, t.remaining_qty, t.price "
@@ -105,9 +109,9 @@ _MAKE_FILL_POSITIONS = (
     f"SELECT account_id, symbol FROM ({_FILL_KEYS}) k ORDER BY account_id, symbol "
     "ON CONFLICT DO NOTHING RETURNING account_id, symbol"
 )
-_LOCK_FILL_POSITIONS = (
+_READ_FILL_POSITIONS = (
     f"SELECT p.account_id, p.symbol, p.qty FROM positions p JOIN ({_FILL_KEYS}) k "
-    "USING (account_id, symbol) ORDER BY p.account_id, p.symbol FOR UPDATE OF p"
+    "USING (account_id, symbol)"
 )
 _LOCK_FILL_LOTS = (
     "SELECT t.account_id, t.symbol, t.id, t.opened_at, t.remaining_qty, t.price "
@@ -213,7 +217,7 @@ class Book:
         conn = self.conn
         with conn.pipeline():
             made = conn.execute(_MAKE_POSITIONS, _columns(keys)) if keys else None
-            lock = conn.execute(_LOCK_POSITIONS, _columns(keys)) if keys else None
+            lock = conn.execute(_READ_POSITIONS, _columns(keys)) if keys else None
             lots = conn.execute(_LOCK_LOTS, _columns(sells)) if sells else None
             ids = conn.execute(_LOT_IDS, (buys,)) if buys else None
             self.take_fill_rows(made, lock, lots, ids, sells)
@@ -426,8 +430,13 @@ def _parse(event: dict) -> tuple[str, UUID, str, datetime]:
     )
 
 
-def apply_events(conn: psycopg.Connection, events: list[dict[str, Any]]) -> list[Applied]:
-    """Apply `events` in order in the caller's transaction (see the module docstring)."""
+def apply_events(
+    conn: psycopg.Connection, events: list[dict[str, Any]]
+) -> Callable[[], list[Applied]]:
+    """Apply `events` in order in the caller's transaction (see the module docstring).
+
+    The writes are only queued: the caller commits in the same round trip (pipeline
+    mode), then calls the returned function for the results."""
     parsed = [_parse(e) for e in events]  # malformed: raise before anything is read
     named = {p[1] for p in parsed}
     for event in events:
@@ -435,28 +444,29 @@ def apply_events(conn: psycopg.Connection, events: list[dict[str, Any]]) -> list
             with contextlib.suppress(ValueError):  # raised when its event applies
                 named.add(UUID(str(event["replaced_by"])))
     fills = {"fills": [p[1] for p in parsed if p[2] == "fill"]}
-    with conn.pipeline():
-        now_cur = conn.execute(_LOCK_ACCOUNTS, (_accounts_of(events),))
-        orders_cur = conn.execute(_LOCK_ORDERS, {"ids": sorted(named)})
-        seen_cur = conn.execute(_SEEN, ([p[0] for p in parsed],))
-        if fills["fills"]:
-            made = conn.execute(_MAKE_FILL_POSITIONS, fills)
-            lock = conn.execute(_LOCK_FILL_POSITIONS, fills)
-            lots = conn.execute(_LOCK_FILL_LOTS, fills)
-            ids = conn.execute(_FILL_LOT_IDS, fills)
-        now_row = now_cur.fetchone()
-        assert now_row is not None
-        book = Book(conn, now_row[0])
-        book.add_orders(orders_cur.fetchall())
-        book.missing = named - book.orders.keys()
-        seen = {r[0] for r in seen_cur.fetchall()}
-        if fills["fills"]:
-            sells = {
-                (o.account_id, o.symbol): None
-                for o in map(book.orders.get, fills["fills"])
-                if o is not None and o.side == "sell"
-            }
-            book.take_fill_rows(made, lock, lots, ids, sorted(sells))
+    # Queued in the caller's pipeline, with its BEGIN: one round trip (a nested pipeline
+    # block would send the BEGIN alone first).
+    now_cur = conn.execute("SELECT now()")
+    orders_cur = conn.execute(_LOCK_ORDERS, {"ids": sorted(named)})
+    seen_cur = conn.execute(_SEEN, ([p[0] for p in parsed],))
+    if fills["fills"]:
+        made = conn.execute(_MAKE_FILL_POSITIONS, fills)
+        pos = conn.execute(_READ_FILL_POSITIONS, fills)
+        lots = conn.execute(_LOCK_FILL_LOTS, fills)
+        ids = conn.execute(_FILL_LOT_IDS, fills)
+    now_row = now_cur.fetchone()
+    assert now_row is not None
+    book = Book(conn, now_row[0])
+    book.add_orders(orders_cur.fetchall())
+    book.missing = named - book.orders.keys()
+    seen = {r[0] for r in seen_cur.fetchall()}
+    if fills["fills"]:
+        sells = {
+            (o.account_id, o.symbol): None
+            for o in map(book.orders.get, fills["fills"])
+            if o is not None and o.side == "sell"
+        }
+        book.take_fill_rows(made, pos, lots, ids, sorted(sells))
     _read_fill_rows(book, parsed, seen)  # only what the first round trip could not know
 
     out: list[Applied | None] = []
@@ -490,9 +500,14 @@ def apply_events(conn: psycopg.Connection, events: list[dict[str, Any]]) -> list
         out.append(None)  # filled in with its account events after the write
 
     written = _write(book, applied, anomalies, rendered)
-    results: list[Applied] = []
-    for i, (result, (event_id, *_)) in enumerate(zip(out, parsed, strict=True)):
-        results.append(result or Applied(event_id, "applied", events=tuple(written.get(i, ()))))
+
+    def results() -> list[Applied]:
+        by_index = written()
+        return [
+            result or Applied(event_id, "applied", events=tuple(by_index.get(i, ())))
+            for i, (result, (event_id, *_)) in enumerate(zip(out, parsed, strict=True))
+        ]
+
     return results
 
 
@@ -522,53 +537,61 @@ def _write(
     applied: list[tuple[str, UUID, str]],
     anomalies: list[tuple[str, UUID, str, str, str]],
     rendered: list[tuple[int, UUID, str, UUID, datetime, dict]],
-) -> dict[int, list[account_events.AccountEvent]]:
-    """Every change of the batch, one statement per table, in one round trip; the account
-    events written, by the index of the event that wrote them."""
+) -> Callable[[], dict[int, list[account_events.AccountEvent]]]:
+    """Every change of the batch, one statement per table, queued for the caller's round
+    trip (with its commit); a function that returns the account events written, by the
+    index of the event that wrote them, once that round trip is done.
+
+    The account rows are locked here, first (in id order, as order placement locks
+    them), then the position rows: the batch holds them for this one round trip only,
+    not while it reads and computes."""
     conn = book.conn
-    with conn.pipeline():
-        _many(conn, _INSERT_APPLIED, applied)
-        _many(conn, _INSERT_EXECUTIONS, book.executions)
-        lots_left = {lot.id: lot.remaining_qty for lots in book.lots.values() for lot in lots}
-        new_lots = [
-            (*row[:-2], lots_left.get(row[0], row[-2]), row[-2], row[-1]) for row in book.new_lots
-        ]
-        _many(conn, _INSERT_LOTS, new_lots)
-        changed_lots = [
-            (lot_id, left)
-            for lot_id, left in lots_left.items()
-            if lot_id in book.lots_read and book.lots_read[lot_id] != left
-        ]
-        _many(conn, _UPDATE_LOTS, changed_lots)
-        _many(conn, _INSERT_CLOSURES, book.closures)
-        changed = [
-            _order_row(o, book.filled_value[o.id])
-            for oid, o in book.orders.items()
-            if o is not book.loaded.get(oid)
-        ]
-        _many(conn, _UPDATE_ORDERS, changed)
-        deltas = [(a, s, *d) for (a, s), d in book.position_deltas.items() if any(d)]
-        _many(conn, _UPDATE_POSITIONS, deltas)
-        unused = sorted(k for k in book.made if k not in book.filled)
-        if unused:  # fills that were refused: no empty row left behind
-            conn.execute(_DELETE_POSITIONS, _columns(unused))
-        events_cur = _write_accounts(conn, book, rendered)
-        _many(conn, _INSERT_ANOMALIES, anomalies)
+    events_cur = _write_accounts(conn, book, rendered)
+    _many(conn, _INSERT_APPLIED, applied)
+    _many(conn, _INSERT_EXECUTIONS, book.executions)
+    lots_left = {lot.id: lot.remaining_qty for lots in book.lots.values() for lot in lots}
+    new_lots = [
+        (*row[:-2], lots_left.get(row[0], row[-2]), row[-2], row[-1]) for row in book.new_lots
+    ]
+    _many(conn, _INSERT_LOTS, new_lots)
+    changed_lots = [
+        (lot_id, left)
+        for lot_id, left in lots_left.items()
+        if lot_id in book.lots_read and book.lots_read[lot_id] != left
+    ]
+    _many(conn, _UPDATE_LOTS, changed_lots)
+    _many(conn, _INSERT_CLOSURES, book.closures)
+    changed = [
+        _order_row(o, book.filled_value[o.id])
+        for oid, o in book.orders.items()
+        if o is not book.loaded.get(oid)
+    ]
+    _many(conn, _UPDATE_ORDERS, changed)
+    deltas = [(a, s, *d) for (a, s), d in book.position_deltas.items() if any(d)]
+    _many(conn, _UPDATE_POSITIONS, deltas)
+    unused = sorted(k for k in book.made if k not in book.filled)
+    if unused:  # fills that were refused: no empty row left behind
+        conn.execute(_DELETE_POSITIONS, _columns(unused))
+    _many(conn, _INSERT_ANOMALIES, anomalies)
+
+    def written() -> dict[int, list[account_events.AccountEvent]]:
         returned = events_cur.fetchall() if events_cur is not None else []
-    by_seq = {(a, int(seq)): text.encode() for a, seq, text in returned}
-    seqs: dict[UUID, list[int]] = {}
-    for a, seq in sorted(by_seq):
-        seqs.setdefault(a, []).append(seq)
-    out: dict[int, list[account_events.AccountEvent]] = {}
-    counters: dict[UUID, int] = {}
-    for index, account_id, *_ in rendered:
-        k = counters.get(account_id, 0)
-        counters[account_id] = k + 1
-        seq = seqs[account_id][k]
-        out.setdefault(index, []).append(
-            account_events.AccountEvent(account_id, seq, by_seq[(account_id, seq)])
-        )
-    return out
+        by_seq = {(a, int(seq)): text.encode() for a, seq, text in returned}
+        seqs: dict[UUID, list[int]] = {}
+        for a, seq in sorted(by_seq):
+            seqs.setdefault(a, []).append(seq)
+        out: dict[int, list[account_events.AccountEvent]] = {}
+        counters: dict[UUID, int] = {}
+        for index, account_id, *_ in rendered:
+            k = counters.get(account_id, 0)
+            counters[account_id] = k + 1
+            seq = seqs[account_id][k]
+            out.setdefault(index, []).append(
+                account_events.AccountEvent(account_id, seq, by_seq[(account_id, seq)])
+            )
+        return out
+
+    return written
 
 
 def _write_accounts(
@@ -582,6 +605,7 @@ def _write_accounts(
     ids = sorted(set(counts) | {a for a, d in book.accounts.items() if any(d)})
     if not ids:
         return None
+    conn.execute(_LOCK_ACCOUNTS, (ids,))
     k: dict[UUID, int] = {}
     ev_cols: list[list] = [[], [], [], [], [], []]
     for _, account_id, name, order_id, at, payload in rendered:
