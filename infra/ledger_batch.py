@@ -4,7 +4,7 @@ Ledger.apply_batch used to run each event as 8-20 statements under its own savep
 each a round trip: ~3 ms an event, so a batch of 100 held its locks for ~0.3 s and the
 events behind it waited as long. A batch is now three steps in one transaction:
 
-1. read (one round trip, pipeline mode, with the BEGIN): lock the orders the events
+1. read (one round trip, pipeline mode): lock the orders the events
    name (in id order) and read which event ids are already applied; read the positions
    the fills touch (making the rows of first buys, deleted again if no fill used them),
    lock the open tax lots of the sells, and reserve ids for the lots the buys open.
@@ -444,8 +444,7 @@ def apply_events(
             with contextlib.suppress(ValueError):  # raised when its event applies
                 named.add(UUID(str(event["replaced_by"])))
     fills = {"fills": [p[1] for p in parsed if p[2] == "fill"]}
-    # Queued in the caller's pipeline, with its BEGIN: one round trip (a nested pipeline
-    # block would send the BEGIN alone first).
+    # Queued in the caller's pipeline: one round trip for them all.
     now_cur = conn.execute("SELECT now()")
     orders_cur = conn.execute(_LOCK_ORDERS, {"ids": sorted(named)})
     seen_cur = conn.execute(_SEEN, ([p[0] for p in parsed],))
