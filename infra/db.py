@@ -27,6 +27,7 @@ POOL_TIMEOUT_S = 10.0
 
 _pools: dict[str, ConnectionPool] = {}
 _pools_lock = threading.Lock()
+_keep_open_lock = threading.Lock()
 
 
 def pool(dsn: str) -> ConnectionPool:
@@ -56,10 +57,12 @@ def keep_open(pool: ConnectionPool, n: int, timeout_s: float = POOL_TIMEOUT_S) -
     A pool grows one connection at a time, on demand, and shrinks back after it has been
     idle a while: a caller that needs `n` at once (the ledger's lanes) would otherwise pay
     for the connections with the first batch after a start or a quiet spell (the first
-    ledger batch after a start took ~0.5 s instead of ~50 ms)."""
-    if pool.min_size < n:
-        pool.resize(min_size=n, max_size=max(n, pool.max_size or n))
-    pool.wait(timeout=timeout_s)
+    ledger batch after a start took ~0.5 s instead of ~50 ms). Safe to call from several
+    threads at once (`tapeflow run --workers 2` builds two ledger sinks together)."""
+    with _keep_open_lock:  # a pool's wait() allows one waiter at a time
+        if pool.min_size < n:
+            pool.resize(min_size=n, max_size=max(n, pool.max_size or n))
+        pool.wait(timeout=timeout_s)
 
 
 def fetchone(pool: ConnectionPool, sql: str, params: tuple = ()) -> tuple | None:

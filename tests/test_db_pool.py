@@ -35,3 +35,15 @@ def test_keep_open_holds_connections_ready_for_concurrent_users(services: Settin
         assert pool.min_size == 10 and pool.max_size == 10
     finally:
         pool.close()
+
+
+def test_keep_open_from_several_threads_at_once(services: Settings) -> None:
+    """Two ledger workers in one process build their sinks together on one pool."""
+    pool = ConnectionPool(services.postgres, min_size=1, max_size=8, open=False)
+    pool.open(wait=True)
+    try:
+        with ThreadPoolExecutor(4) as ex:
+            list(ex.map(lambda _: db.keep_open(pool, 4), range(4)))
+        assert pool.get_stats()["pool_size"] == 4
+    finally:
+        pool.close()
