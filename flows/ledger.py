@@ -89,6 +89,10 @@ class _LedgerPartition(StatelessSinkPartition[list[Event]]):
     def __init__(self, settings: Settings, topics: Topics) -> None:
         import redis
 
+        # What the first batch would import (the order model alone takes ~0.2 s), and
+        # (below) a connection per lane: paid at start, not by the first fills after it.
+        import api.models  # noqa: F401
+        import infra.ledger_batch  # noqa: F401
         from infra import db
         from infra.ledger import Ledger
 
