@@ -12,9 +12,8 @@ accepted order's row, outbox payload and answer before the call, from the values
 sends (schemas.oms.new_order_row, the timestamps its own): the account and position
 rows it reserves against, which the ledger flow writes too, are held only while the
 function runs and commits, never across a round trip or this busy process's Python.
-(The ledger still locks its accounts first, for its whole transaction: taking them
-last, in its write round trip, made it wait for placements at the end of its work,
-and fills came later; see README "Order to fill".)
+The ledger flow takes them the same way: only in its last round trip, which carries its
+commit (infra/ledger_batch.py), after accounts-first left each side waiting on the other.
 
 Every guarantee of Ledger.place is kept: an order is answered only after the commit;
 reservations are the same conditional UPDATEs on the account or position row; the
