@@ -92,8 +92,16 @@ _MAKE_POSITIONS = (
 # Positions are read without a lock: only ledger batches change a position's qty, and one
 # account's batches never run at once (lanes and partitions go by account); the write
 # changes it by a delta, under the lock it takes then, after the account's (see _write).
+# Should two ever run at once, a sell still reads the qty after taking its open lots'
+# locks (so after the other sell committed), and `qty >= 0` is a CHECK.
 _READ_POSITIONS = (
     f"SELECT p.account_id, p.symbol, p.qty FROM positions p JOIN {_KEYS} USING (account_id, symbol)"
+)
+# In the write round trip, before their UPDATE: in key order, as placement locks them for
+# sells (an UPDATE ... FROM unnest locks in whatever order its plan meets the rows).
+_LOCK_POSITIONS = (
+    f"SELECT 1 FROM positions p JOIN {_KEYS} USING (account_id, symbol) "
+    "ORDER BY p.account_id, p.symbol FOR UPDATE OF p"
 )
 _LOCK_LOTS = (
     f"SELECT t.account_id, t.symbol, t.id, t.opened_at, t.remaining_qty, t.price "
@@ -217,8 +225,8 @@ class Book:
         conn = self.conn
         with conn.pipeline():
             made = conn.execute(_MAKE_POSITIONS, _columns(keys)) if keys else None
-            lock = conn.execute(_READ_POSITIONS, _columns(keys)) if keys else None
             lots = conn.execute(_LOCK_LOTS, _columns(sells)) if sells else None
+            lock = conn.execute(_READ_POSITIONS, _columns(keys)) if keys else None
             ids = conn.execute(_LOT_IDS, (buys,)) if buys else None
             self.take_fill_rows(made, lock, lots, ids, sells)
 
@@ -450,8 +458,8 @@ def apply_events(
     seen_cur = conn.execute(_SEEN, ([p[0] for p in parsed],))
     if fills["fills"]:
         made = conn.execute(_MAKE_FILL_POSITIONS, fills)
-        pos = conn.execute(_READ_FILL_POSITIONS, fills)
         lots = conn.execute(_LOCK_FILL_LOTS, fills)
+        pos = conn.execute(_READ_FILL_POSITIONS, fills)  # after the sells' lots are locked
         ids = conn.execute(_FILL_LOT_IDS, fills)
     now_row = now_cur.fetchone()
     assert now_row is not None
@@ -566,7 +574,9 @@ def _write(
         if o is not book.loaded.get(oid)
     ]
     _many(conn, _UPDATE_ORDERS, changed)
-    deltas = [(a, s, *d) for (a, s), d in book.position_deltas.items() if any(d)]
+    deltas = sorted((a, s, *d) for (a, s), d in book.position_deltas.items() if any(d))
+    if deltas:
+        conn.execute(_LOCK_POSITIONS, _columns([(a, s) for a, s, *_ in deltas]))
     _many(conn, _UPDATE_POSITIONS, deltas)
     unused = sorted(k for k in book.made if k not in book.filled)
     if unused:  # fills that were refused: no empty row left behind
