@@ -2,7 +2,7 @@
 oms.executions -> ledger flow -> trade_update on WS /v1/stream.
 
     .venv/bin/python -m bench.fills [--rates 250,500,1000] [--seconds 10] [--runs 3]
-                                    [--accounts 50] [--split] [--hops]
+                                    [--accounts 50] [--split] [--hops] [--warmup 0]
 
 Needs the services (`tapeflow up`) and Go (bench/wsload/fillload is built on first use).
 Each run gets a fresh, isolated pipeline (bench.harness: its own topic namespace, Redis
@@ -129,6 +129,21 @@ def _per_s(stamps_ns: list[int]) -> float:
     return (len(stamps_ns) - 1) / ((max(stamps_ns) - min(stamps_ns)) / 1e9)
 
 
+def latencies_ms(acked: list[list[str]], warmup_s: float = 0.0) -> np.ndarray:
+    """Sorted order-to-fill latencies of the filled orders (`id ack_ns fill_ns status`
+    rows), leaving out those acknowledged in the first `warmup_s` after the first
+    acknowledgement."""
+    if not acked:
+        return np.array([], dtype=float)
+    start = min(int(r[1]) for r in acked) + int(warmup_s * 1e9)
+    return np.sort(
+        np.array(
+            [(int(r[2]) - int(r[1])) / 1e6 for r in acked if r[2] != "0" and int(r[1]) >= start],
+            dtype=float,
+        )
+    )
+
+
 def _accounts(base: Settings, n: int) -> list[str]:
     pool = db.pool(base.postgres)
     ledger = Ledger(pool, Topics())
@@ -215,13 +230,11 @@ def run_once(base: Settings, args: argparse.Namespace, rate: int, load: Path) ->
                 (r for r in acked if r[2] != "0"),
             )
             say("\n".join(hops.table(stamps)))
-        lat = np.sort(
-            np.array([(int(r[2]) - int(r[1])) / 1e6 for r in acked if r[2] != "0"], dtype=float)
-        )
+        lat = latencies_ms(acked, args.warmup)
         return Result(
             rate=rate,
             acked=len(acked),
-            filled=len(lat),
+            filled=sum(1 for r in acked if r[2] != "0"),
             latencies_ms=lat,
             acked_per_s=_per_s([int(r[1]) for r in acked]),
             filled_per_s=_per_s([int(r[2]) for r in acked if r[2] != "0"]),
@@ -261,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet-timeout", type=float, default=60.0)
     p.add_argument("--hops", action="store_true", help="print where the orders' time went")
     p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        help="leave out of the latencies the orders acknowledged in the first S seconds",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=512,
@@ -279,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     say("\n".join(["", *machine_lines(str(server))]))
     say(f"pipeline    tapeflow run{' --split' if args.split else ''}; {args.accounts} accounts")
     say(f"window      {args.seconds:g} s of orders per run, {args.runs} runs per rate")
+    if args.warmup:
+        say(f"warm-up     latencies leave out the orders of the first {args.warmup:g} s")
     say("")
     say(HEADER)
     summary = []

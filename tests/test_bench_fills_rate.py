@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from bench.fills import Result, _per_s
+from bench.fills import Result, _per_s, latencies_ms
 
 
 def _result(rate: int, acked_per_s: float) -> Result:
@@ -24,3 +24,17 @@ def test_the_rate_is_counted_over_the_real_span() -> None:
 def test_a_run_that_did_not_hold_the_rate_does_not_count() -> None:
     assert not _result(1000, 440.0).held()
     assert _result(1000, 960.0).held()
+
+
+def test_warmup_leaves_out_the_first_seconds_orders_only() -> None:
+    s = 1_000_000_000
+    acked = [
+        ["a", str(10 * s), str(10 * s + 900_000_000), "200"],  # first ack: 900 ms
+        ["b", str(11 * s), str(11 * s + 500_000_000), "200"],  # 1 s later: 500 ms
+        ["c", str(12 * s), str(12 * s + 20_000_000), "200"],  # 2 s later: 20 ms
+        ["d", str(13 * s), "0", "200"],  # never filled
+    ]
+    assert list(latencies_ms(acked)) == [20.0, 500.0, 900.0]
+    assert list(latencies_ms(acked, 1.0)) == [20.0, 500.0]
+    assert list(latencies_ms(acked, 1.5)) == [20.0]
+    assert len(latencies_ms([], 2.0)) == 0
