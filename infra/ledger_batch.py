@@ -72,10 +72,8 @@ class Anomaly(Exception):
     """An answer the ledger must not apply; recorded in ledger_anomalies instead."""
 
 
-_LOCK_ACCOUNTS = (
-    "SELECT now(), array_agg(id) FROM "
-    "(SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE) a"
-)
+# In the write round trip, before their UPDATE: in id order, as placement locks them.
+_LOCK_ACCOUNTS = "SELECT 1 FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
 # The orders named, and the replacements of those waiting on a replace (an expiry ends
 # both); the ARRAY(...) is evaluated once, so both are index lookups.
 _LOCK_ORDERS = (
@@ -84,52 +82,60 @@ _LOCK_ORDERS = (
     "AND status = 'pending_replace')) ORDER BY id FOR UPDATE"
 )
 _SEEN = "SELECT id FROM applied_events WHERE id = ANY(%s)"
+
+# The fill reads, over (account_id, symbol) keys `k` given either as arrays (_KEYS) or,
+# in the batch's first round trip, through the orders its fills name (_FILL_KEYS: those
+# orders are locked by _LOCK_ORDERS earlier in the same round trip), so that they need
+# no round trip of their own.
 _KEYS = "unnest(%s::uuid[], %s::text[]) AS k(account_id, symbol)"
-_MAKE_POSITIONS = (
-    f"INSERT INTO positions (account_id, symbol) SELECT account_id, symbol FROM {_KEYS} "
-    "ON CONFLICT DO NOTHING RETURNING account_id, symbol"
+_FILL_KEYS = (
+    "(SELECT DISTINCT account_id, symbol FROM orders WHERE id = ANY(%(fills)s::uuid[]){}) k"
 )
+
+
+def _make_positions(keys: str) -> str:
+    return (
+        f"INSERT INTO positions (account_id, symbol) SELECT account_id, symbol FROM {keys} "
+        "ORDER BY account_id, symbol ON CONFLICT DO NOTHING RETURNING account_id, symbol"
+    )
+
+
 # Positions are read without a lock: only ledger batches change a position's qty, and one
 # account's batches never run at once (lanes and partitions go by account); the write
 # changes it by a delta, under the lock it takes then, after the account's (see _write).
 # Should two ever run at once, a sell still reads the qty after taking its open lots'
 # locks (so after the other sell committed), and `qty >= 0` is a CHECK.
-_READ_POSITIONS = (
-    f"SELECT p.account_id, p.symbol, p.qty FROM positions p JOIN {_KEYS} USING (account_id, symbol)"
+def _read_positions(keys: str) -> str:
+    return (
+        "SELECT p.account_id, p.symbol, p.qty "
+        f"FROM positions p JOIN {keys} USING (account_id, symbol)"
+    )
+
+
+def _lock_lots(keys: str) -> str:
+    return (
+        "SELECT t.account_id, t.symbol, t.id, t.opened_at, t.remaining_qty, t.price "
+        f"FROM tax_lots t JOIN {keys} USING (account_id, symbol) WHERE t.remaining_qty > 0 "
+        "ORDER BY t.account_id, t.symbol, t.opened_at, t.id FOR UPDATE OF t"
+    )
+
+
+_MAKE_POSITIONS = _make_positions(_KEYS)
+_READ_POSITIONS = _read_positions(_KEYS)
+_LOCK_LOTS = _lock_lots(_KEYS)
+_LOT_IDS = "SELECT nextval(pg_get_serial_sequence('tax_lots', 'id')) FROM generate_series(1, %s)"
+_MAKE_FILL_POSITIONS = _make_positions(_FILL_KEYS.format(""))
+_READ_FILL_POSITIONS = _read_positions(_FILL_KEYS.format(""))
+_LOCK_FILL_LOTS = _lock_lots(_FILL_KEYS.format(" AND side = 'sell'"))
+_FILL_LOT_IDS = (  # one per buy fill (a duplicate's id is never used: a gap, no harm)
+    "SELECT nextval(pg_get_serial_sequence('tax_lots', 'id')) "
+    "FROM unnest(%(fills)s::uuid[]) f(id) JOIN orders o USING (id) WHERE o.side = 'buy'"
 )
 # In the write round trip, before their UPDATE: in key order, as placement locks them for
 # sells (an UPDATE ... FROM unnest locks in whatever order its plan meets the rows).
 _LOCK_POSITIONS = (
     f"SELECT 1 FROM positions p JOIN {_KEYS} USING (account_id, symbol) "
     "ORDER BY p.account_id, p.symbol FOR UPDATE OF p"
-)
-_LOCK_LOTS = (
-    f"SELECT t.account_id, t.symbol, t.id, t.opened_at, t.remaining_qty, t.price "
-    f"FROM tax_lots t JOIN {_KEYS} USING (account_id, symbol) WHERE t.remaining_qty > 0 "
-    "ORDER BY t.account_id, t.symbol, t.opened_at, t.id FOR UPDATE OF t"
-)
-_LOT_IDS = "SELECT nextval(pg_get_serial_sequence('tax_lots', 'id')) FROM generate_series(1, %s)"
-# The same reads for the fills of a batch, keyed by the orders the fills name (locked by
-# _LOCK_ORDERS earlier in the same round trip), so they need no round trip of their own.
-_FILL_KEYS = "SELECT DISTINCT account_id, symbol FROM orders WHERE id = ANY(%(fills)s::uuid[])"
-_MAKE_FILL_POSITIONS = (
-    "INSERT INTO positions (account_id, symbol) "
-    f"SELECT account_id, symbol FROM ({_FILL_KEYS}) k ORDER BY account_id, symbol "
-    "ON CONFLICT DO NOTHING RETURNING account_id, symbol"
-)
-_READ_FILL_POSITIONS = (
-    f"SELECT p.account_id, p.symbol, p.qty FROM positions p JOIN ({_FILL_KEYS}) k "
-    "USING (account_id, symbol)"
-)
-_LOCK_FILL_LOTS = (
-    "SELECT t.account_id, t.symbol, t.id, t.opened_at, t.remaining_qty, t.price "
-    f"FROM tax_lots t JOIN ({_FILL_KEYS} AND side = 'sell') k USING (account_id, symbol) "
-    "WHERE t.remaining_qty > 0 "
-    "ORDER BY t.account_id, t.symbol, t.opened_at, t.id FOR UPDATE OF t"
-)
-_FILL_LOT_IDS = (  # one per buy fill (a duplicate's id is never used: a gap, no harm)
-    "SELECT nextval(pg_get_serial_sequence('tax_lots', 'id')) "
-    "FROM unnest(%(fills)s::uuid[]) f(id) JOIN orders o USING (id) WHERE o.side = 'buy'"
 )
 
 
@@ -220,29 +226,30 @@ class Book:
         return self.lots[key]
 
     def read_fill_rows(self, keys: list[Key], sells: list[Key], buys: int = 0) -> None:
-        """In one round trip: make the missing position rows of `keys` and lock them; lock
-        the open lots of `sells`; reserve `buys` ids for new lots."""
+        """In one round trip: make the missing position rows of `keys` and read them; lock
+        the open lots of `sells`; reserve `buys` ids for new lots. (The batch's first round
+        trip reads all this for its fills; this is for what an event finds missing.)"""
         conn = self.conn
         with conn.pipeline():
             made = conn.execute(_MAKE_POSITIONS, _columns(keys)) if keys else None
             lots = conn.execute(_LOCK_LOTS, _columns(sells)) if sells else None
-            lock = conn.execute(_READ_POSITIONS, _columns(keys)) if keys else None
+            positions = conn.execute(_READ_POSITIONS, _columns(keys)) if keys else None
             ids = conn.execute(_LOT_IDS, (buys,)) if buys else None
-            self.take_fill_rows(made, lock, lots, ids, sells)
+            self.take_fill_rows(made, positions, lots, ids, sells)
 
     def take_fill_rows(
         self,
         made: psycopg.Cursor | None,
-        lock: psycopg.Cursor | None,
+        positions: psycopg.Cursor | None,
         lots: psycopg.Cursor | None,
         ids: psycopg.Cursor | None,
         sells: list[Key],
     ) -> None:
         """The results of the fill reads (read_fill_rows, or the batch's first round trip):
-        position rows made and locked, the open lots of `sells`, lot ids reserved."""
-        if made is not None and lock is not None:
+        position rows made and read, the open lots of `sells`, lot ids reserved."""
+        if made is not None and positions is not None:
             self.made.update((a, s) for a, s in made.fetchall())
-            self.positions.update({(a, s): q for a, s, q in lock.fetchall()})
+            self.positions.update({(a, s): q for a, s, q in positions.fetchall()})
         if lots is not None:
             found: dict[Key, list[Lot]] = {key: [] for key in sells}
             for a, s, *lot in lots.fetchall():
@@ -451,15 +458,16 @@ def apply_events(
         if event.get("replaced_by"):
             with contextlib.suppress(ValueError):  # raised when its event applies
                 named.add(UUID(str(event["replaced_by"])))
-    fills = {"fills": [p[1] for p in parsed if p[2] == "fill"]}
+    fill_ids = [p[1] for p in parsed if p[2] == "fill"]
+    fills = {"fills": fill_ids}
     # Queued in the caller's pipeline: one round trip for them all.
     now_cur = conn.execute("SELECT now()")
     orders_cur = conn.execute(_LOCK_ORDERS, {"ids": sorted(named)})
     seen_cur = conn.execute(_SEEN, ([p[0] for p in parsed],))
-    if fills["fills"]:
+    if fill_ids:
         made = conn.execute(_MAKE_FILL_POSITIONS, fills)
         lots = conn.execute(_LOCK_FILL_LOTS, fills)
-        pos = conn.execute(_READ_FILL_POSITIONS, fills)  # after the sells' lots are locked
+        positions = conn.execute(_READ_FILL_POSITIONS, fills)  # after the sells' lots' locks
         ids = conn.execute(_FILL_LOT_IDS, fills)
     now_row = now_cur.fetchone()
     assert now_row is not None
@@ -467,14 +475,13 @@ def apply_events(
     book.add_orders(orders_cur.fetchall())
     book.missing = named - book.orders.keys()
     seen = {r[0] for r in seen_cur.fetchall()}
-    if fills["fills"]:
+    if fill_ids:
         sells = {
             (o.account_id, o.symbol): None
-            for o in map(book.orders.get, fills["fills"])
+            for o in map(book.orders.get, fill_ids)
             if o is not None and o.side == "sell"
         }
-        book.take_fill_rows(made, pos, lots, ids, sorted(sells))
-    _read_fill_rows(book, parsed, seen)  # only what the first round trip could not know
+        book.take_fill_rows(made, positions, lots, ids, sorted(sells))
 
     out: list[Applied | None] = []
     applied: list[tuple[str, UUID, str]] = []
@@ -516,27 +523,6 @@ def apply_events(
         ]
 
     return results
-
-
-def _read_fill_rows(book: Book, parsed: list, seen: set[str]) -> None:
-    """Lock the positions and open lots the batch's fills need, in one round trip."""
-    keys: dict[Key, None] = {}
-    sells: dict[Key, None] = {}
-    buys = 0
-    for event_id, order_id, kind, _ in parsed:
-        order = book.orders.get(order_id)
-        if kind != "fill" or event_id in seen or order is None:
-            continue
-        key = (order.account_id, order.symbol)
-        if key not in book.positions:
-            keys[key] = None
-        if order.side == "buy":
-            buys += 1
-        elif key not in book.lots:
-            sells[key] = None
-    buys = max(0, buys - len(book.lot_ids))
-    if keys or sells or buys:
-        book.read_fill_rows(sorted(keys), sorted(sells), buys)
 
 
 def _write(
