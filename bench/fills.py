@@ -220,6 +220,7 @@ def run_once(base: Settings, args: argparse.Namespace, rate: int, load: Path) ->
         after = CpuBook.take(pids)
         rows = [line.split() for line in out.decode().splitlines() if line.strip()]
         acked = [r for r in rows if r[3] == "200"]
+        filled = [r for r in acked if r[2] != "0"]
         if args.hops:
             time.sleep(1.0)  # the last fills' broker timestamps and ledger rows are in
             stamps = hops.collect(
@@ -227,17 +228,17 @@ def run_once(base: Settings, args: argparse.Namespace, rate: int, load: Path) ->
                 pipe.topics.orders,
                 pipe.topics.executions,
                 db.pool(base.postgres),
-                (r for r in acked if r[2] != "0"),
+                filled,
             )
             say("\n".join(hops.table(stamps)))
         lat = latencies_ms(acked, args.warmup)
         return Result(
             rate=rate,
             acked=len(acked),
-            filled=sum(1 for r in acked if r[2] != "0"),
+            filled=len(filled),
             latencies_ms=lat,
             acked_per_s=_per_s([int(r[1]) for r in acked]),
-            filled_per_s=_per_s([int(r[2]) for r in acked if r[2] != "0"]),
+            filled_per_s=_per_s([int(r[2]) for r in filled]),
             cpu=cores_between(before, after),
         )
     finally:

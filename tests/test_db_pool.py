@@ -30,7 +30,7 @@ def test_keep_open_holds_connections_ready_for_concurrent_users(services: Settin
         stats = pool.get_stats()
         assert stats.get("requests_waiting", 0) == 0
         assert stats.get("connections_num", 0) == 4  # none had to be opened on demand
-        # a larger max is kept; a smaller one grows to the floor
+        # a max below the floor grows to it
         db.keep_open(pool, 10)
         assert pool.min_size == 10 and pool.max_size == 10
     finally:
