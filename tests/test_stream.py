@@ -357,11 +357,13 @@ def test_connections_per_key_are_limited_across_processes(stream: Start, token: 
 def test_a_crashed_process_slots_expire(stream: Start, token: str) -> None:
     srv = stream(max_connections_per_key=1, slot_ttl_s=1.0)
     key_id = token.split(".")[0]
-    now_ms = int(srv.redis.time()[0]) * 1000
-    srv.redis.zadd(f"stream:conns:{key_id}", {"ghost": now_ms + 1000})  # nobody refreshes it
+    sec, usec = srv.redis.time()
+    expires_ms = sec * 1000 + usec // 1000 + 2000  # to the millisecond, as the server reads it
+    srv.redis.zadd(f"stream:conns:{key_id}", {"ghost": expires_ms})  # nobody refreshes it
     with client(srv.url, token, authed=False) as ws:
         assert _closed(ws) == (4029, ["too_many_connections"])
-    time.sleep(1.2)
+    while (t := srv.redis.time())[0] * 1000 + t[1] // 1000 <= expires_ms:
+        time.sleep(0.05)
     with client(srv.url, token) as ws:
         assert ws.subscribe(trades=["AAPL"])["trades"] == ["AAPL"]
 
