@@ -78,6 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--batch-ms", type=float, default=50.0)
     p.add_argument(
+        "--tap",
+        action="store_true",
+        help="also time each quote's PUBLISH into Redis (a subscriber process, ~0.05 core), "
+        "to split the latency between the pipeline and the WebSocket edge",
+    )
+    p.add_argument(
         "--runs",
         type=int,
         default=1,
@@ -181,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 source=source,
                 stream_workers=args.stream_workers,
                 batch_ms=args.batch_ms,
+                tap=args.tap,
             )
             r = run_once(base, cfg, wsload, args.quiet_timeout)
             results.append(r)
@@ -193,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"{'':>11} of which Kafka in -> normalize parsed: p50 {pct(n_lat, 50):.1f}"
                     f"  p99 {pct(n_lat, 99):.1f} ms"
                 )
+                if args.tap:
+                    p_lat = r.to_publish_ms
+                    say(
+                        f"{'':>11} of which Kafka in -> Redis PUBLISH seen:"
+                        f" p50 {pct(p_lat, 50):.1f}"
+                        f"  p99 {pct(p_lat, 99):.1f} ms ({len(p_lat):,} of the quotes sent)"
+                    )
             by_second = " ".join(f"{v:.0f}" for v in r.p99_by_second_ms)
             say(f"{'':>11} p99 per second of sending (ms): {by_second}")
             if r.totals.get("first_failure"):

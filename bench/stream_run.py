@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing as mp
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ from bench.harness import (
 )
 from bench.machine import percentile
 from bench.stream_feed import PREFIX, VENUE, Feed, prime_lines, produce, publish, send
+from bench.subscriber import listen
 from infra import accounts, api_keys, db
 from infra.replay import producer
 from infra.settings import Settings
@@ -49,6 +52,7 @@ class RunConfig:
     source: str  # "kafka": the feed goes through the pipeline; "redis": PUBLISHed (edge only)
     stream_workers: int
     batch_ms: float
+    tap: bool = False  # also time each quote's Redis PUBLISH (a subscriber process)
 
 
 @dataclass
@@ -56,6 +60,7 @@ class RunResult:
     cfg: RunConfig
     latencies_ms: np.ndarray
     to_normalize_ms: np.ndarray  # of the same quotes: feed send -> the normalize flow parsed it
+    to_publish_ms: np.ndarray  # with --tap, of every quote sent: feed send -> PUBLISH seen
     p99_by_second_ms: list[float]  # of the quotes sent in each second after the warm-up
     expected: int
     window_s: float
@@ -167,6 +172,7 @@ def run_once(base: Settings, cfg: RunConfig, wsload: Path, quiet_s: float) -> Ru
     extra_procs: list[subprocess.Popen[bytes]] = []
     load: subprocess.Popen[bytes] | None = None
     out = Path(tempfile.mkstemp(prefix="tapeflow-wsload-", suffix=".bin")[1])
+    tap = _Tap(base.redis_port) if cfg.tap else None
     try:
         token = _token(base)
         edge_only = cfg.source == "redis"
@@ -226,6 +232,8 @@ def run_once(base: Settings, cfg: RunConfig, wsload: Path, quiet_s: float) -> Ru
         if others >= QUIET_CORES:
             notes.append(f"machine not quiet before: other processes used {others:.2f} cores")
         time.sleep(1.0)  # snapshots delivered, connections quiet
+        if tap is not None:
+            tap.start()
 
         pids = {
             "pipeline": [] if edge_only else [pipe.pid, *(p.pid for p in extra_procs)],
@@ -234,6 +242,8 @@ def run_once(base: Settings, cfg: RunConfig, wsload: Path, quiet_s: float) -> Ru
         }
         if stream_proc is not None:
             pids["stream"] = _descendants(stream_proc.pid)
+        if tap is not None:
+            pids["tap"] = [tap.pid]
         pids |= service_pids(base)
         books: list[CpuBook] = []
         on_warm = lambda: books.append(CpuBook.take(pids))  # noqa: E731
@@ -250,8 +260,11 @@ def run_once(base: Settings, cfg: RunConfig, wsload: Path, quiet_s: float) -> Ru
         cpu = cores_between(books[0], end_book)
         if cpu.get("others", 0.0) >= QUIET_CORES:
             notes.append(f"NOT QUIET: other processes used {cpu['others']:.2f} cores meanwhile")
-        return _result(cfg, out, at, behind, totals, cpu, notes)
+        published = tap.collect() if tap is not None else {}
+        return _result(cfg, out, at, behind, totals, cpu, notes, published)
     finally:
+        if tap is not None:
+            tap.close()
         if load is not None and load.poll() is None:
             load.kill()
         for proc in [p for p in (stream_proc, *extra_procs) if p is not None]:
@@ -271,6 +284,7 @@ def _result(
     totals: dict,
     cpu: dict[str, float],
     notes: list[str],
+    published: dict[tuple[str, int], tuple[int, int]],
 ) -> RunResult:
     feed = cfg.feed
     recs = np.fromfile(out, dtype="<i8").reshape(-1, 4)
@@ -289,6 +303,7 @@ def _result(
     ]
     lat = np.sort(by_send)
     to_normalize = np.sort((parsed[ok] - sent[i[ok]]) / 1e6)  # Kafka in -> normalize parse
+    to_publish = publish_latencies_ms(feed, sent, published)
     subs = np.zeros(feed.symbols, dtype=np.int64)
     for c in range(cfg.clients):
         for j in range(cfg.per):
@@ -300,6 +315,7 @@ def _result(
         cfg=cfg,
         latencies_ms=lat,
         to_normalize_ms=to_normalize,
+        to_publish_ms=to_publish,
         p99_by_second_ms=p99_by_second,
         expected=expected,
         window_s=window,
@@ -309,3 +325,52 @@ def _result(
         cpu=cpu,
         notes=notes,
     )
+
+
+def publish_latencies_ms(
+    feed: Feed, sent: np.ndarray, published: dict[tuple[str, int], tuple[int, int]]
+) -> np.ndarray:
+    """Sorted ms from each feed quote's send to its PUBLISH seen by the tap, for the quotes
+    sent after the warm-up that were published (the quotes flow may conflate some)."""
+    seen = [
+        (hit[0] - sent[k]) / 1e6
+        for k in range(feed.warm, feed.total)
+        if (hit := published.get((feed.symbol(k), feed.base_ns + k * feed.step)))
+    ]
+    return np.sort(np.array(seen, dtype=np.float64))
+
+
+class _Tap:
+    """bench.subscriber in a process of its own, PSUBSCRIBEd to the feed's quote channels."""
+
+    def __init__(self, port: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.ready, self.stop = ctx.Event(), ctx.Event()
+        self.path = Path(tempfile.mkstemp(prefix="tapeflow-tap-", suffix=".pickle")[1])
+        # pub/sub channels are not per Redis database: the feed's symbol prefix selects them
+        self.process = ctx.Process(
+            target=listen,
+            args=("127.0.0.1", port, f"quotes:{PREFIX}*", self.ready, self.stop, str(self.path)),
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        self.process.start()
+        if not self.ready.wait(30):
+            raise RuntimeError("the pub/sub tap did not start")
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    def collect(self) -> dict[tuple[str, int], tuple[int, int]]:
+        self.stop.set()
+        self.process.join(120)
+        return pickle.loads(self.path.read_bytes()).at
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.process.pid is not None and self.process.is_alive():
+            self.process.terminate()
+        self.path.unlink(missing_ok=True)
