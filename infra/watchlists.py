@@ -99,8 +99,11 @@ class Watchlists:
     def create(self, name: str, symbols: Sequence[str]) -> Watchlist:
         check_symbols(symbols)
         with self.pool.connection() as conn, conn.transaction():
-            # The account row lock serializes this account's creations, so the count holds.
-            conn.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (self.account_id,))
+            # The account row lock serializes this account's creations, so the count holds;
+            # NO KEY UPDATE does not block the foreign-key locks of orders being placed.
+            conn.execute(
+                "SELECT 1 FROM accounts WHERE id = %s FOR NO KEY UPDATE", (self.account_id,)
+            )
             row = conn.execute(
                 "SELECT count(*) FROM watchlists WHERE account_id = %s", (self.account_id,)
             ).fetchone()

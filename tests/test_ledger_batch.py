@@ -4,6 +4,7 @@ event the ledger refuses inside a batch leaves nothing of itself while the rest 
 
 from __future__ import annotations
 
+import threading
 import uuid
 from decimal import Decimal as D
 from uuid import UUID
@@ -11,8 +12,9 @@ from uuid import UUID
 import orjson
 import pytest
 
-from infra import ledger_batch
+from infra import ledger_batch, order_batch
 from infra.ledger_batch import Book
+from infra.order_batch import NewOrder, place_batch
 from schemas.orders import OrderRequest, OrderType, Side, TimeInForce, place
 from schemas.positions import FillRefused
 from tests.ledger_support import check_invariants, ledger_env, market
@@ -254,3 +256,91 @@ def test_the_book_undoes_one_answer_exactly():
     book.undo(mark)
     assert book.accounts == {account: (D(1), D(2))}
     assert book.executions == [] and book.notes == []
+
+
+def test_fill_batches_racing_placed_orders_on_the_same_positions_keep_the_invariants(
+    env, monkeypatch
+):
+    """The ledger flow applies one batch at a time per account (lanes and partitions go
+    by account) while the API places orders on the same positions. The batch locks
+    orders and lots, then the account, then positions in key order; placement locks the
+    account, then positions in key order: no deadlock, nothing lost, every invariant.
+    Two accounts, two symbols each, fills of buys and sells in every batch."""
+    monkeypatch.setattr(order_batch, "DEADLOCK_RETRIES", 1)  # a deadlock fails the test
+    threads = 12
+    accounts = [env.new_account("500000") for _ in range(2)]
+    symbols = ("BRA", "BRB")
+    fills: dict[UUID, list[dict]] = {}
+    bought: dict[tuple[UUID, str], D] = {}
+    for acc in accounts:
+        for sym in symbols:
+            held = _place(env, acc, sym, Side.BUY, "200", "100.00")
+            assert env.ledger.apply(_fill(held.id, "200", "100.00", 1)).outcome == "applied"
+            bought[(acc, sym)] = D(200)
+        queue = []
+        for i in range(48):
+            sym, side = symbols[i % 2], (Side.BUY, Side.SELL)[(i // 2) % 2]
+            qty = str(1 + i % 3)
+            order = _place(env, acc, sym, side, qty, "100.00")
+            queue.append(_fill(order.id, qty, "100.00", 10 + i))
+            bought[(acc, sym)] += D(qty) if side is Side.BUY else -D(qty)
+        fills[acc] = queue
+    barrier = threading.Barrier(len(accounts) + threads)
+    errors: list[BaseException] = []
+    outcomes: list[str] = []
+    placed: list[tuple[UUID, str, Side, D]] = []
+
+    def apply_fills(acc: UUID) -> None:
+        barrier.wait()
+        queue = fills[acc]
+        for start in range(0, len(queue), 6):  # one batch at a time, as the flow's lane does
+            outcomes.extend(r.outcome for r in env.ledger.apply_batch(queue[start : start + 6]))
+
+    def place_orders(t: int) -> None:
+        barrier.wait()
+        for i in range(6):  # batches of both accounts, buys and sells, as the API sends
+            items = []
+            for j in range(4):
+                acc, sym = accounts[(t + j) % 2], symbols[(t + i + j // 2) % 2]
+                side = (Side.SELL, Side.BUY)[(t + i + j) % 3 == 0]
+                qty = D(1 + (i + j) % 4)
+                req = OrderRequest(
+                    sym, side, OrderType.LIMIT, TimeInForce.DAY, qty=qty, limit_price=D(99)
+                )
+                items.append(NewOrder(acc, req, place(req, market())))
+            with env.pool.connection() as conn:
+                outcomes_ = place_batch(conn, items, env.ledger.topics.orders)
+            for it, out in zip(items, outcomes_, strict=True):
+                if isinstance(out, Exception):
+                    raise out
+                r = it.request
+                placed.append((it.account_id, r.symbol, Side(r.side), r.qty))
+
+    def guarded(fn, arg) -> None:
+        try:
+            fn(arg)
+        except BaseException as exc:  # a deadlock or a refused write fails the test below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=guarded, args=(apply_fills, a)) for a in accounts]
+    workers += [threading.Thread(target=guarded, args=(place_orders, t)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert not errors, errors
+    assert outcomes == ["applied"] * sum(len(q) for q in fills.values())
+    assert any(side is Side.SELL for _, _, side, _ in placed), "no sell placed during the race"
+    with env.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT account_id, symbol, qty, reserved_qty FROM positions"
+            " WHERE account_id = ANY(%s)",
+            (accounts,),
+        ).fetchall()
+    held = {(acc, sym): qty for acc, sym, qty, _ in rows}
+    assert held == bought
+    for acc, sym, qty, reserved in rows:
+        sells = sum(q for a, s, side, q in placed if (a, s, side) == (acc, sym, Side.SELL))
+        assert reserved == sells <= qty  # the placed sells still hold their shares
+    for acc in accounts:
+        check_invariants(env.pool, acc)
