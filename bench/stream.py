@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.stream [--clients 100,500,1000] [--rate 10000] [--symbols 1000]
                                      [--seconds 20] [--warmup 4] [--source kafka|redis|both]
                                      [--pipeline split|one] [--edge separate|run] [--runs 1]
+                                     [--tap]
 
 Needs the services (`tapeflow up`) and Go (the load clients, bench/wsload, are built
 with `go build` on first use). Each run gets a fresh pipeline (its own topic namespace,
