@@ -417,14 +417,15 @@ class Ledger:
         """Request a cancel for every open order; one answer per order, in one transaction."""
         out: list[tuple[UUID, Order | LedgerError]] = []
         with self.pool.connection() as conn, conn.transaction():
+            # Locked in id order, as the ledger flow's batches lock orders: by age, each
+            # could hold an order the other waits for (a deadlock). Answered by age.
             rows = conn.execute(
                 f"SELECT {ORDER_COLUMNS} FROM orders WHERE account_id = %s "
-                "AND status = ANY(%s) ORDER BY created_at, id FOR UPDATE",
+                "AND status = ANY(%s) ORDER BY id FOR UPDATE",
                 (account_id, [s.value for s in OPEN]),
             ).fetchall()
-            for row in rows:
-                order = _order_of(row)
-                assert order is not None
+            locked = [o for o in map(_order_of, rows) if o is not None]
+            for order in sorted(locked, key=lambda o: (o.created_at, o.id)):
                 if order.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
                     continue  # already being changed: nothing new to ask
                 if self._replace_pending(conn, order):

@@ -80,7 +80,9 @@ class Anomaly(Exception):
 # (tests/test_ledger_batch.py, the racing test: 2 of 6 runs).
 _LOCK_ACCOUNTS = "SELECT 1 FROM accounts WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
 # The orders named, and the replacements of those waiting on a replace (an expiry ends
-# both); the ARRAY(...) is evaluated once, so both are index lookups.
+# both); the ARRAY(...) is evaluated once, so both are index lookups. In id order, as
+# cancel-all locks an account's open orders (Ledger.cancel_all); NO KEY UPDATE, as the
+# UPDATE of their columns would, so rows that reference an order do not wait on it.
 _LOCK_ORDERS = (
     f"SELECT {ORDER_COLUMNS}, filled_value FROM orders WHERE id = ANY(%(ids)s::uuid[] || "
     "ARRAY(SELECT replaced_by FROM orders WHERE id = ANY(%(ids)s::uuid[]) "

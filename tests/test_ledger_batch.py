@@ -5,6 +5,7 @@ event the ledger refuses inside a batch leaves nothing of itself while the rest 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from decimal import Decimal as D
 from uuid import UUID
@@ -344,3 +345,57 @@ def test_fill_batches_racing_placed_orders_on_the_same_positions_keep_the_invari
         assert reserved == sells <= qty  # the placed sells still hold their shares
     for acc in accounts:
         check_invariants(env.pool, acc)
+
+
+def _waiting_on_locks(env) -> int:
+    with env.pool.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _until(check, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_cancel_all_and_a_fill_batch_lock_orders_in_the_same_order(env):
+    """DELETE /v1/orders (Ledger.cancel_all) locks every open order of the account; the
+    ledger flow's batch locks the orders its fills name, in id order. Were cancel-all to
+    lock by age, the two could each hold an order the other waits for: a deadlock, and
+    the user's cancel-all answered 500. Made to happen, not left to timing: a third
+    transaction holds the second-oldest order, so cancel-all stops after locking the
+    oldest, and the fill batch then locks (by id) up to the oldest; the holder lets go."""
+    for _ in range(20):  # until an order younger than the two oldest has a smaller id
+        account = env.new_account("1000000")
+        orders = [_place(env, account, "BRC", Side.BUY, "2", "100.00") for _ in range(8)]
+        if min(o.id for o in orders[2:]) < orders[0].id:
+            break
+    else:
+        pytest.fail("ids never disagreed with age")
+    fills = [_fill(o.id, "1", "100.00", i) for i, o in enumerate(orders)]
+    errors: list[BaseException] = []
+
+    def run(fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:
+            errors.append(exc)
+
+    cancel = threading.Thread(target=run, args=(env.ledger.cancel_all, account))
+    apply = threading.Thread(target=run, args=(env.ledger.apply_batch, fills))
+    with env.pool.connection() as holder, holder.transaction():
+        holder.execute("SELECT 1 FROM orders WHERE id = %s FOR UPDATE", (orders[1].id,))
+        cancel.start()
+        _until(lambda: _waiting_on_locks(env) >= 1)
+        apply.start()
+        _until(lambda: _waiting_on_locks(env) >= 2)
+    for t in (cancel, apply):
+        t.join(30)
+    assert not errors, errors
+    assert all(env.ledger.get(account, o.id).filled_qty == 1 for o in orders)
+    check_invariants(env.pool, account)
