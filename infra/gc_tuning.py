@@ -6,7 +6,7 @@ collection every 700 net container allocations) the stream edge at 1,000 clients
 ~40 young collections a second and a full one every few seconds, each full one
 walking every live object (sessions, sockets, the app) with the event loop stopped:
 0.18 s of every second in the collector by wall clock on the saturated machine. With
-these settings it ran none during the benchmark (README, "WebSocket stream"). The
+these settings it ran none during the benchmark (bench/MEASUREMENTS.md, "WebSocket stream"). The
 quotes flow's process, untuned, stopped 61 ms for one full collection in a 20 s run of
 that benchmark; tuned, it collected nothing.
 """

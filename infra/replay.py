@@ -17,8 +17,8 @@ SENT_HEADER = "tapeflow-sent-ns"
 # Market data producers (this feed handler and the normalize flow's sink) linger 5 ms:
 # the broker's CPU goes by produce request and by partition. A 10,000 msgs/s producer
 # and consumer at 10 ms cost it 0.15-0.17 cores on 4 partitions and 0.08 on one (the
-# default since); on one, 5 ms cost 0.10-0.17 and took ~5 ms off the hop's p99 (README
-# Measured, "WebSocket stream").
+# default since); on one, 5 ms cost 0.10-0.17 and took ~5 ms off the hop's p99
+# (bench/MEASUREMENTS.md, "WebSocket stream").
 MARKET_DATA_LINGER_MS = 5
 
 
