@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -26,13 +27,16 @@ def raw_source(
     max_wait_ms: int = 100,
     min_bytes: int = 1,
     config: dict[str, str] | None = None,
+    idle_ms: float = 2,
 ) -> RawKafkaSource:
     """(topic, key, value) tuples; offsets live in Bytewax recovery snapshots.
 
     With fetch.min.bytes 1 the broker answers as soon as data arrives, so a long
     max wait costs no latency; it only stops idle consumers from polling it hot.
     `config` adds or overrides consumer settings (e.g. isolation.level for topics
-    written in Kafka transactions).
+    written in Kafka transactions). After an empty poll the worker looks again in
+    `idle_ms`: each look wakes the whole dataflow (~40 µs of CPU, 0.02 cores at 2 ms),
+    so a flow that batches on purpose (candles) looks less often.
     """
     return RawKafkaSource(
         settings.bootstrap,
@@ -43,6 +47,7 @@ def raw_source(
             "group.id": "tapeflow",
             **(config or {}),
         },
+        idle=timedelta(milliseconds=idle_ms),
     )
 
 

@@ -27,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 RawMessage = tuple[str, bytes | None, bytes]
 # (topic, key, value, headers)
 OutMessage = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
-IDLE = timedelta(milliseconds=2)
+IDLE = timedelta(milliseconds=2)  # how soon an empty poll is retried, by default
 SINK_PARTS = 8
 
 
@@ -35,8 +35,11 @@ class _SourcePart(StatefulSourcePartition[RawMessage, dict[str, int]]):
     """One consumer for a group of topic-partitions; state maps "topic:partition" to the
     next offset."""
 
-    def __init__(self, config: dict[str, str], offsets: dict[str, int]) -> None:
+    def __init__(
+        self, config: dict[str, str], offsets: dict[str, int], idle: timedelta = IDLE
+    ) -> None:
         self.consumer = Consumer(config)
+        self.idle = idle
         self.offsets = dict(offsets)
         self.consumer.assign(
             [
@@ -58,7 +61,7 @@ class _SourcePart(StatefulSourcePartition[RawMessage, dict[str, int]]):
             topic = m.topic()
             out.append((topic, m.key(), m.value()))
             self.offsets[f"{topic}:{m.partition()}"] = m.offset() + 1
-        self.awake = None if out else datetime.now(UTC) + IDLE
+        self.awake = None if out else datetime.now(UTC) + self.idle
         return out
 
     def next_awake(self) -> datetime | None:
@@ -80,9 +83,14 @@ class RawKafkaSource(FixedPartitionedSource[RawMessage, dict[str, int]]):
     """
 
     def __init__(
-        self, bootstrap: str, topics: list[str], config: dict[str, str], groups: int = 2
+        self,
+        bootstrap: str,
+        topics: list[str],
+        config: dict[str, str],
+        groups: int = 2,
+        idle: timedelta = IDLE,
     ) -> None:
-        self.topics, self.groups = topics, groups
+        self.topics, self.groups, self.idle = topics, groups, idle
         self.config = {
             "bootstrap.servers": bootstrap,
             "enable.auto.commit": "false",
@@ -112,7 +120,8 @@ class RawKafkaSource(FixedPartitionedSource[RawMessage, dict[str, int]]):
         index = int(for_part.removeprefix("group-"))
         mine = self._topic_partitions()[index :: self.groups]
         state = resume_state or {}
-        return _SourcePart(self.config, {tp: state.get(tp, OFFSET_BEGINNING) for tp in mine})
+        offsets = {tp: state.get(tp, OFFSET_BEGINNING) for tp in mine}
+        return _SourcePart(self.config, offsets, self.idle)
 
 
 _PRODUCERS: dict[tuple[tuple[str, str], ...], Producer] = {}
