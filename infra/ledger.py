@@ -276,7 +276,7 @@ class Ledger:
         With `idempotency` (key, request hash) the rendered answer is stored with the
         order; a concurrent request with the same key waits for this one, then gets
         its stored answer (Replay). A batch of one of infra/order_batch.py (the
-        place_orders function of migrations 0003 and 0008), which the HTTP route batches.
+        place_orders_bulk function of migration 0009), which the HTTP route batches.
         """
         from infra.order_batch import NewOrder, place_batch, settle
 

@@ -3,10 +3,14 @@
 The order path's cost was per order: five or six statements, a commit (WAL flush) and a
 NOTIFY, whose commit PostgreSQL serializes. Here the orders of concurrent requests share
 one transaction (group commit), and it is one statement in one round trip:
-`place_orders(...)` (migrations 0003, 0008) inserts, reserves and keys every order of
-the batch, each on its own: a refusal (duplicate client_order_id, not enough buying
-power or shares, an Idempotency-Key a concurrent request holds) leaves the others
-alone. For the orders it accepts it also writes their outbox rows and the answers
+`place_orders_bulk(...)` (migration 0009) inserts the orders and their outbox rows with
+one statement each, then locks and reserves against their accounts and positions with
+one statement each, when no order has an Idempotency-Key and every account's and
+position's total fits (so every order fits in arrival order); otherwise it undoes that
+and calls `place_orders(...)` (migrations 0003, 0008), which inserts, reserves and keys
+every order of the batch, each on its own: a refusal (duplicate client_order_id, not
+enough buying power or shares, an Idempotency-Key a concurrent request holds) leaves the
+others alone. For the orders it accepts it also writes their outbox rows and the answers
 stored with their Idempotency-Keys, and NOTIFYs the relay. So the caller builds every
 accepted order's row, outbox payload and answer before the call, from the values it
 sends (schemas.oms.new_order_row, the timestamps its own): the account and position
@@ -66,8 +70,10 @@ MAX_BATCH = 256
 SLOTS = 2  # batches in flight per process (each on its own connection)
 DEADLOCK_RETRIES = 5
 
-PLACE_ARGS = 25  # migration 0008's signature: 22 arrays, the instant, topic and channel
-PLACE_SQL = "SELECT n, code, available FROM place_orders(" + ", ".join(["%s"] * PLACE_ARGS) + ")"
+PLACE_ARGS = 25  # migrations 0008 and 0009: 22 arrays, the instant, topic and channel
+PLACE_SQL = (
+    "SELECT n, code, available FROM place_orders_bulk(" + ", ".join(["%s"] * PLACE_ARGS) + ")"
+)
 
 
 @dataclass(slots=True)

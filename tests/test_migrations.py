@@ -57,7 +57,7 @@ ISSUE_6_TABLES = {
     "0006": {"eod_runs", "eod_accounts"},
     "0007": {"reconciliation_reports", "reconciliation_items"},
 }
-HEAD = "0008"
+HEAD = "0009"
 
 
 def head_tables() -> set[str]:

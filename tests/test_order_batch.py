@@ -133,3 +133,70 @@ def test_a_refused_order_leaves_no_row_no_message_and_no_answer(env: LedgerEnv) 
     assert keys == [("key-0",)]
     assert env.ledger.balance(account).reserved_cash == Decimal("100.0000")
     check_invariants(env.pool, account)
+
+
+# -- migration 0009: a batch with no Idempotency-Key in a few set-based statements -------
+
+
+def _plain(account: UUID, requests: list[OrderRequest]) -> list[NewOrder]:
+    return [NewOrder(account, r, place(r, market())) for r in requests]
+
+
+def test_a_plain_batch_that_fits_is_stored_reserved_and_queued_in_order(env: LedgerEnv) -> None:
+    """The set-based path (no key, every total fits): the same rows, reservations and
+    outbox messages, in the items' order, as the order-by-order path gives."""
+    one, two = env.new_account("10000.00"), env.new_account("10000.00")
+    for acc in (one, two):
+        env.set_position(acc, "AAA", 10)
+    items = _plain(one, REQUESTS) + _plain(two, REQUESTS[::-1])
+    with env.pool.connection() as conn:
+        outcomes = place_batch(conn, items, env.ledger.topics.orders)
+    assert all(isinstance(o, Order) for o in outcomes), outcomes
+    for item, order in zip(items, outcomes, strict=True):
+        assert isinstance(order, Order) and order.id == item.order_id
+        assert encode(order_wire(order)) == encode(
+            order_wire(env.ledger.get(order.account_id, order.id))
+        )
+    # queued in the order the statement received them (buys, then sells, by account)
+    sent = [m["order"]["id"] for m in outbox_messages(env.pool, env.ledger.topics)]
+    ordered = sorted(
+        items, key=lambda it: (it.request.side == "sell", it.account_id, it.request.symbol)
+    )
+    assert sent == [str(it.order_id) for it in ordered]
+    for acc in (one, two):
+        mine = [o for o in outcomes if isinstance(o, Order) and o.account_id == acc]
+        balance = env.ledger.balance(acc)
+        assert balance.reserved_cash == sum((o.reserved_cash for o in mine), Decimal(0))
+        with env.pool.connection() as conn:
+            reserved_qty = conn.execute(
+                "SELECT reserved_qty FROM positions WHERE account_id = %s AND symbol = 'AAA'",
+                (acc,),
+            ).fetchone()[0]
+        assert reserved_qty == sum((o.reserved_qty for o in mine), Decimal(0)) == 7
+        check_invariants(env.pool, acc)
+
+
+def test_a_plain_batch_that_does_not_fit_is_decided_order_by_order(env: LedgerEnv) -> None:
+    """400 + 700 + 300 of buying power against 1,000: in arrival order the 700 is refused
+    and the 300 still fits, as one order at a time decides; a sell of a position that
+    does not exist is refused; a client_order_id used twice is refused the second time."""
+    account = env.new_account("1000.00")
+
+    def buy(amount: str) -> OrderRequest:
+        return _req(Side.BUY, OrderType.LIMIT, qty=Decimal("1"), limit_price=Decimal(amount))
+
+    sell = OrderRequest("ZZZ", Side.SELL, OrderType.MARKET, TimeInForce.DAY, qty=Decimal("1"))
+    items = _plain(account, [buy("400"), buy("700"), buy("300"), sell])
+    with env.pool.connection() as conn:
+        outcomes = place_batch(conn, items, env.ledger.topics.orders)
+    assert [type(o) for o in outcomes] == [Order, InsufficientBuyingPower, Order, InsufficientQty]
+    assert env.ledger.balance(account).reserved_cash == Decimal("700.0000")
+    again = NewOrder(account, buy("1"), place(buy("1"), market()), client_order_id="same")
+    twice = NewOrder(account, buy("1"), place(buy("1"), market()), client_order_id="same")
+    with env.pool.connection() as conn:
+        outcomes = place_batch(conn, [again, twice], env.ledger.topics.orders)
+    assert [type(o).__name__ for o in outcomes] == ["Order", "DuplicateClientOrderId"]
+    sent = [m["order"]["id"] for m in outbox_messages(env.pool, env.ledger.topics)]
+    assert sent == [str(items[0].order_id), str(items[2].order_id), str(again.order_id)]
+    assert env.ledger.balance(account).reserved_cash == Decimal("701.0000")
+    check_invariants(env.pool, account)
