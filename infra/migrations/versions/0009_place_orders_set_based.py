@@ -23,6 +23,9 @@ refuses the right orders one by one from the state the batch found.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 from alembic import op
 
 revision = "0009"
@@ -30,24 +33,21 @@ down_revision = "0008"
 branch_labels = None
 depends_on = None
 
-ARGS = (
-    "p_id uuid[], p_account uuid[], p_coid text[], p_symbol text[], p_side text[], "
-    "p_type text[], p_tif text[], p_qty numeric[], p_notional numeric[], p_limit numeric[], "
-    "p_stop numeric[], p_trail_price numeric[], p_trail_percent numeric[], "
-    "p_extended boolean[], p_status text[], p_reserve_price numeric[], "
-    "p_reserve_cash numeric[], p_reserve_qty numeric[], p_key text[], p_hash bytea[], "
-    "p_body bytea[], p_payload bytea[], p_at timestamptz, p_topic text, p_channel text"
-)
-CALL_ARGS = (
-    "p_id, p_account, p_coid, p_symbol, p_side, p_type, p_tif, p_qty, p_notional, p_limit, "
-    "p_stop, p_trail_price, p_trail_percent, p_extended, p_status, p_reserve_price, "
-    "p_reserve_cash, p_reserve_qty, p_key, p_hash, p_body, p_payload, p_at, p_topic, p_channel"
-)
-SIGNATURE = (
-    "place_orders_bulk(uuid[], uuid[], text[], text[], text[], text[], text[], numeric[], "
-    "numeric[], numeric[], numeric[], numeric[], numeric[], boolean[], text[], numeric[], "
-    "numeric[], numeric[], text[], bytea[], bytea[], bytea[], timestamptz, text, text)"
-)
+
+def _revision_0008():  # its arguments are ours: one definition, in 0008
+    path = Path(__file__).with_name("0008_place_orders_one_trip.py")
+    spec = importlib.util.spec_from_file_location("place_orders_0008", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_0008 = _revision_0008()
+ARGS = _0008.ARGS
+# Each argument's name, in order: what place_orders_bulk hands on to place_orders.
+CALL_ARGS = ", ".join(arg.split()[0] for arg in ARGS.split(", "))
+SIGNATURE = _0008.SIGNATURE.replace("place_orders(", "place_orders_bulk(", 1)
 
 FUNCTION = f"""
 CREATE FUNCTION place_orders_bulk({ARGS})
