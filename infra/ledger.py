@@ -424,8 +424,7 @@ class Ledger:
                 "AND status = ANY(%s) ORDER BY id FOR UPDATE",
                 (account_id, [s.value for s in OPEN]),
             ).fetchall()
-            locked = [o for o in map(_order_of, rows) if o is not None]
-            for order in sorted(locked, key=lambda o: (o.created_at, o.id)):
+            for order in sorted(map(order_from_row, rows), key=lambda o: (o.created_at, o.id)):
                 if order.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
                     continue  # already being changed: nothing new to ask
                 if self._replace_pending(conn, order):
