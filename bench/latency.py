@@ -20,22 +20,16 @@ are known to be running (and their per-symbol state exists) when timing starts.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import pickle
-import tempfile
 import time
 from dataclasses import dataclass
 from decimal import Decimal
-from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event as MpEvent
-from pathlib import Path
 
 from confluent_kafka import Producer
 
 from bench.harness import BenchPipeline, CpuBook, cores_between, service_pids, wait_quiet
 from bench.machine import percentile
-from bench.subscriber import Received, listen
+from bench.subscriber import Listener, Received
 from infra.replay import producer
 from infra.settings import Settings
 from schemas.json_feed import encode_event
@@ -254,50 +248,23 @@ def run_latency(base: Settings, plan: Plan, quiet_s: float) -> LatencyResult:
     pids = {"producer": [os.getpid()], **service_pids(base)}
     others = wait_quiet(pids, QUIET_CORES, quiet_s)
     pipe = BenchPipeline(base)
-    out_path = Path(tempfile.mkstemp(prefix="tapeflow-bench-sub-", suffix=".pickle")[1])
-    ctx = mp.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    sub = ctx.Process(
-        target=listen,
-        args=("127.0.0.1", base.redis_port, f"quotes:{SYMBOL_PREFIX}*", ready, stop, str(out_path)),
-        daemon=True,
-    )
+    sub = Listener(base.redis_port, f"quotes:{SYMBOL_PREFIX}*")
     try:
         sub.start()
         pipe.start()
         pipe.wait_healthy()
-        if not ready.wait(30):
-            raise RuntimeError("the pub/sub subscriber did not start")
-        assert sub.pid is not None
+        sub.wait_ready()
         pids |= {"pipeline": pipe.pids(), "subscriber": [sub.pid]}
-        result = _timed(pipe, plan, _Listener(stop, sub, out_path), pids)
+        result = _timed(pipe, plan, sub, pids)
         result.others_before = others
         return result
     finally:
-        stop.set()
-        if sub.pid is not None:
-            sub.join(60)
-            if sub.is_alive():
-                sub.terminate()
-        out_path.unlink(missing_ok=True)
+        sub.close()
         pipe.close()
 
 
-@dataclass(frozen=True, slots=True)
-class _Listener:
-    stop: MpEvent
-    process: BaseProcess
-    out_path: Path
-
-    def collect(self) -> Received:
-        self.stop.set()
-        self.process.join(120)
-        received: Received = pickle.loads(self.out_path.read_bytes())
-        return received
-
-
 def _timed(
-    pipe: BenchPipeline, plan: Plan, listener: _Listener, pids: dict[str, list[int]]
+    pipe: BenchPipeline, plan: Plan, listener: Listener, pids: dict[str, list[int]]
 ) -> LatencyResult:
     prod = producer(pipe.settings.bootstrap)
     base_ns = time.time_ns()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,7 @@ from bench.harness import (
 )
 from bench.machine import percentile
 from bench.stream_feed import PREFIX, VENUE, Feed, prime_lines, produce, publish, send
-from bench.subscriber import listen
+from bench.subscriber import Listener
 from infra import accounts, api_keys, db
 from infra.replay import producer
 from infra.settings import Settings
@@ -172,7 +170,8 @@ def run_once(base: Settings, cfg: RunConfig, wsload: Path, quiet_s: float) -> Ru
     extra_procs: list[subprocess.Popen[bytes]] = []
     load: subprocess.Popen[bytes] | None = None
     out = Path(tempfile.mkstemp(prefix="tapeflow-wsload-", suffix=".bin")[1])
-    tap = _Tap(base.redis_port) if cfg.tap else None
+    # pub/sub channels are not per Redis database: the feed's symbol prefix selects them
+    tap = Listener(base.redis_port, f"quotes:{PREFIX}*") if cfg.tap else None
     try:
         token = _token(base)
         edge_only = cfg.source == "redis"
@@ -234,6 +233,7 @@ def run_once(base: Settings, cfg: RunConfig, wsload: Path, quiet_s: float) -> Ru
         time.sleep(1.0)  # snapshots delivered, connections quiet
         if tap is not None:
             tap.start()
+            tap.wait_ready()
 
         pids = {
             "pipeline": [] if edge_only else [pipe.pid, *(p.pid for p in extra_procs)],
@@ -260,7 +260,7 @@ def run_once(base: Settings, cfg: RunConfig, wsload: Path, quiet_s: float) -> Ru
         cpu = cores_between(books[0], end_book)
         if cpu.get("others", 0.0) >= QUIET_CORES:
             notes.append(f"NOT QUIET: other processes used {cpu['others']:.2f} cores meanwhile")
-        published = tap.collect() if tap is not None else {}
+        published = tap.collect().at if tap is not None else {}
         return _result(cfg, out, at, behind, totals, cpu, notes, published)
     finally:
         if tap is not None:
@@ -338,39 +338,3 @@ def publish_latencies_ms(
         if (hit := published.get((feed.symbol(k), feed.base_ns + k * feed.step)))
     ]
     return np.sort(np.array(seen, dtype=np.float64))
-
-
-class _Tap:
-    """bench.subscriber in a process of its own, PSUBSCRIBEd to the feed's quote channels."""
-
-    def __init__(self, port: int) -> None:
-        ctx = mp.get_context("spawn")
-        self.ready, self.stop = ctx.Event(), ctx.Event()
-        self.path = Path(tempfile.mkstemp(prefix="tapeflow-tap-", suffix=".pickle")[1])
-        # pub/sub channels are not per Redis database: the feed's symbol prefix selects them
-        self.process = ctx.Process(
-            target=listen,
-            args=("127.0.0.1", port, f"quotes:{PREFIX}*", self.ready, self.stop, str(self.path)),
-            daemon=True,
-        )
-
-    def start(self) -> None:
-        self.process.start()
-        if not self.ready.wait(30):
-            raise RuntimeError("the pub/sub tap did not start")
-
-    @property
-    def pid(self) -> int:
-        assert self.process.pid is not None
-        return self.process.pid
-
-    def collect(self) -> dict[tuple[str, int], tuple[int, int]]:
-        self.stop.set()
-        self.process.join(120)
-        return pickle.loads(self.path.read_bytes()).at
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.process.pid is not None and self.process.is_alive():
-            self.process.terminate()
-        self.path.unlink(missing_ok=True)

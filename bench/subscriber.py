@@ -9,12 +9,15 @@ receive time is the wall-clock time of the recv() that completed it.
 from __future__ import annotations
 
 import bisect
+import multiprocessing as mp
 import pickle
 import resource
 import select
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 
@@ -39,6 +42,48 @@ def _command(*parts: bytes) -> bytes:
     for p in parts:
         out.append(b"$%d\r\n%s\r\n" % (len(p), p))
     return b"".join(out)
+
+
+class Listener:
+    """`listen` in a spawned process of its own: start(), then wait_ready() (it is
+    subscribed), collect() what it received, close() always (stops it if still running,
+    removes its output file)."""
+
+    def __init__(self, port: int, pattern: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.ready, self.stop = ctx.Event(), ctx.Event()
+        self.path = Path(tempfile.mkstemp(prefix="tapeflow-bench-sub-", suffix=".pickle")[1])
+        self.process: BaseProcess = ctx.Process(
+            target=listen,
+            args=("127.0.0.1", port, pattern, self.ready, self.stop, str(self.path)),
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        self.process.start()
+
+    def wait_ready(self, timeout_s: float = 30) -> None:
+        if not self.ready.wait(timeout_s):
+            raise RuntimeError("the pub/sub subscriber did not start")
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    def collect(self) -> Received:
+        self.stop.set()
+        self.process.join(120)
+        received: Received = pickle.loads(self.path.read_bytes())
+        return received
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.process.pid is not None:
+            self.process.join(60)
+            if self.process.is_alive():
+                self.process.terminate()
+        self.path.unlink(missing_ok=True)
 
 
 def listen(
