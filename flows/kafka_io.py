@@ -174,6 +174,11 @@ class BatchKafkaSink(FixedPartitionedSink[list[OutMessage], None]):
         self.config = config
 
     def list_parts(self) -> list[str]:
+        # Bytewax asks for the parts as the flow starts but builds a part only when its
+        # first item comes. An idempotent producer holds its first message ~0.5 s while
+        # it gets its producer id, so the process's producer is made here: that wait
+        # falls at start, not on the first answers (fills arrived 0.5 s late).
+        shared_producer(self.config)
         return [str(i) for i in range(SINK_PARTS)]
 
     def part_fn(self, item_key: str) -> int:
