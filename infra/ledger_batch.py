@@ -452,6 +452,40 @@ def _parse(event: dict) -> tuple[str, UUID, str, datetime]:
     )
 
 
+_APPLIED_FILLS = "SELECT id, qty, price, venue FROM executions WHERE id = ANY(%s)"
+
+
+def _conflicting_redeliveries(
+    conn: psycopg.Connection, events: list[dict[str, Any]], seen: set[str]
+) -> dict[str, str]:
+    """Fills applied before whose redelivery says something else: event id -> why.
+
+    A fill's id is its order's fill number (fill:<order>:<n>), and an execution flow
+    restarted from its last snapshot decides again from that point, possibly at another
+    moment of the market than before the crash, so a redelivered id may carry another
+    quantity, price or venue. The ledger keeps what it applied (applying both would
+    execute the order twice), and records the difference as an anomaly for
+    reconciliation instead of dropping it as an ordinary duplicate. A read of its own,
+    only when a batch redelivers fills: after a restart, not in the steady flow."""
+    again = {
+        str(e.get("exec_id") or e["event_id"]): e
+        for e in events
+        if e.get("kind") == "fill" and str(e["event_id"]) in seen
+    }
+    if not again:
+        return {}
+    out = {}
+    for exec_id, *applied in conn.execute(_APPLIED_FILLS, (list(again),)).fetchall():
+        event = again[exec_id]
+        now = (Decimal(str(event["qty"])), Decimal(str(event["price"])), str(event.get("venue")))
+        if now != tuple(applied):
+            out[str(event["event_id"])] = (
+                f"conflicting redelivery: fill {exec_id} was applied as {applied[0]} at "
+                f"{applied[1]} on {applied[2]}; redelivered as {now[0]} at {now[1]} on {now[2]}"
+            )
+    return out
+
+
 def apply_events(
     conn: psycopg.Connection, events: list[dict[str, Any]]
 ) -> Callable[[], list[Applied]]:
@@ -482,6 +516,7 @@ def apply_events(
     book.add_orders(orders_cur.fetchall())
     book.missing = named - book.orders.keys()
     seen = {r[0] for r in seen_cur.fetchall()}
+    conflicts = _conflicting_redeliveries(conn, events, seen)
     if fill_ids:
         sells = {
             (o.account_id, o.symbol): None
@@ -495,6 +530,11 @@ def apply_events(
     anomalies: list[tuple[str, UUID, str, str, str]] = []
     rendered: list[tuple[int, UUID, str, UUID, datetime, dict]] = []  # (out index, ...)
     for event, (event_id, order_id, kind, at) in zip(events, parsed, strict=True):
+        if event_id in conflicts:
+            reason = conflicts[event_id]
+            anomalies.append((event_id, order_id, kind, reason, encode(event).decode()))
+            out.append(Applied(event_id, "anomaly", reason))
+            continue
         if event_id in seen:
             out.append(Applied(event_id, "duplicate"))
             continue

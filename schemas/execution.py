@@ -73,8 +73,10 @@ and changes nothing the second time: the desk remembers the ids of its last
 DEDUP_WINDOW messages and closed orders; a venue quote no newer than that venue's last
 one is ignored. Fills depend on how order messages and market events interleave (two
 topics): the desk and the source offsets are snapshotted together, so a replay from a
-snapshot repeats the same inputs; orders placed before the market data they fill
-against give the same fills on every replay.
+snapshot reads the same inputs, though not always interleaved as before (a fill number
+may come again with other contents; the ledger keeps the first and records the
+conflict); orders placed before the market data they fill against give the same fills
+on every replay.
 """
 
 from __future__ import annotations

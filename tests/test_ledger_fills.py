@@ -99,6 +99,36 @@ def test_buy_fills_partially_then_fully(env):
     check_invariants(env.pool, account)
 
 
+def test_a_fill_redelivered_with_other_content_is_kept_as_applied_and_recorded(env):
+    """After a crash the execution flow decides again from its snapshot and may give a
+    fill number another size or price: the ledger keeps the first (applying both would
+    fill the order twice) and records the disagreement; an identical redelivery stays a
+    plain duplicate."""
+    account = env.new_account("5000")
+    order = _place(env, account, Side.BUY, "10", "100.00")
+    first = _fill(order.id, "4", "99.50")
+    assert env.ledger.apply(first).outcome == "applied"
+    assert env.ledger.apply(dict(first)).outcome == "duplicate"
+
+    again = {**first, "qty": "10", "price": "99.60"}
+    result = env.ledger.apply(again)
+    assert result.outcome == "anomaly"
+    assert "applied as 4.000000 at 99.5000 on iex" in result.reason
+    assert "redelivered as 10 at 99.60 on iex" in result.reason
+    o = env.ledger.get(account, order.id)
+    assert (o.status, o.filled_qty, o.filled_avg_price) == ("partially_filled", 4, D("99.5"))
+    recorded = _row(
+        env, "SELECT kind, reason FROM ledger_anomalies WHERE event_id = %s", first["event_id"]
+    )
+    assert recorded[0] == "fill" and recorded[1].startswith("conflicting redelivery")
+    # Delivered again, the same disagreement is recorded once.
+    assert env.ledger.apply(again).outcome == "anomaly"
+    n = _row(env, "SELECT count(*) FROM ledger_anomalies WHERE event_id = %s", first["event_id"])
+    assert n == (1,)
+    _assert_position_is_its_fills(env, account)
+    check_invariants(env.pool, account)
+
+
 def test_a_sell_closes_lots_fifo_and_realizes_the_gain(env):
     account = env.new_account("5000")
     for price in ("100.00", "120.00"):
