@@ -208,9 +208,13 @@ def client(
     authed: bool = True,
     sock: socket.socket | None = None,
     max_queue: int = 16,
+    authorization: str | None = None,
 ) -> Iterator[Client]:
-    """Connected with the token as a Bearer header; waits for "authenticated" if authed."""
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+    """Connected with the token as a Bearer header (or `authorization` as the header's
+    raw value); waits for "authenticated" if authed."""
+    if authorization is None and token is not None:
+        authorization = f"Bearer {token}"
+    headers = {"Authorization": authorization} if authorization is not None else None
     with connect(
         url,
         additional_headers=headers,
