@@ -110,6 +110,31 @@ def test_upgrade_downgrade_upgrade(empty_db: Settings):
     assert current_revision(empty_db) == HEAD
 
 
+def test_money_is_numeric_and_time_is_utc_in_every_table(empty_db: Settings):
+    """DESIGN.md section 3, invariants 5 and 6, as the schema holds them: no float column
+    anywhere; prices to 4 places and quantities to 6 (internal sums, such as an order's
+    filled_value, may keep more); every timestamp is timestamptz (UTC, microseconds)."""
+    migrate(empty_db)
+    with psycopg.connect(empty_db.postgres) as conn:
+        rows = conn.execute(
+            "SELECT table_name, column_name, data_type, numeric_scale, datetime_precision "
+            "FROM information_schema.columns WHERE table_schema = 'public'"
+        ).fetchall()
+    by_type: dict[str, list[str]] = {}
+    for table, column, kind, _, _ in rows:
+        by_type.setdefault(kind, []).append(f"{table}.{column}")
+    assert not by_type.get("real") and not by_type.get("double precision")
+    assert not by_type.get("timestamp without time zone")
+    assert by_type["timestamp with time zone"]
+    scale = {f"{t}.{c}": s for t, c, kind, s, _ in rows if kind == "numeric"}
+    assert None not in scale.values(), "every NUMERIC has an explicit scale"
+    quantities = {k: v for k, v in scale.items() if k.split(".")[1].endswith("qty")}
+    prices = {k: v for k, v in scale.items() if k.split(".")[1].endswith("price")}
+    assert quantities and set(quantities.values()) == {6}, quantities
+    assert prices and set(prices.values()) == {4}, prices
+    assert {t for t, _, kind, _, p in rows if kind.startswith("timestamp") and p != 6} == set()
+
+
 def test_concurrent_upgrades_serialize(empty_db: Settings):
     """`tapeflow up`, the demo and test sessions may migrate at once: separate processes
     (Alembic's context is process-global, so threads would not show anything)."""

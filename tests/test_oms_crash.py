@@ -10,7 +10,9 @@ Checked on the final state, for every account of the test:
    (per fill, rounded to 4 places), no order filled beyond its quantity;
 3. cash, buying power and shares are never negative; reserved cash and shares equal
    what the open orders reserve (tests/ledger_support.check_invariants);
-5. money columns are NUMERIC (the schema); 6. timestamps are UTC (timestamptz).
+5. and 6. (money is NUMERIC to 4 and 6 places, timestamps are UTC) are the schema's:
+tests/test_migrations.py checks every column; 4. (candles whatever the restarts) is
+tests/test_e2e_pipeline.py's.
 TAPEFLOW_CRASH_SEED picks the kill moments and the order mix.
 """
 
