@@ -1,6 +1,7 @@
-"""IOC, FOK, a stop and a trailing stop end to end through `tapeflow run`: orders placed
-with POST /v1/orders, a scripted JSON-lines feed replayed into md.raw.nasdaq in steps, and
-the fills checked exactly in PostgreSQL (prices, sizes, the trade that triggered).
+"""IOC, FOK, a stop and a trailing stop, and smart routing over two venues, end to end
+through `tapeflow run`: orders placed with POST /v1/orders, scripted JSON-lines feeds
+replayed into md.raw.nasdaq (and md.raw.iex) in steps, and the fills checked exactly in
+PostgreSQL (prices, sizes, venues, routes, the trade that triggered).
 
 Each order is placed, and its answer awaited, before the market data it meets, so the
 fills are the same on every run (README, "The order side": determinism).
@@ -145,3 +146,70 @@ def test_ioc_fok_stop_and_trailing_stop(services, pipeline: Pipeline, tmp_path: 
     )
     assert position == D(10)
     assert anomalies == 0
+
+
+def test_a_triggered_stop_sweeps_two_venues_and_records_the_route(
+    services, pipeline: Pipeline, tmp_path: Path
+):
+    """Smart routing end to end: iex and nasdaq each quote (JSON lines on their own raw
+    topics); a stop buy triggered by a trade takes iex's better ask for all it shows,
+    then sweeps nasdaq for the rest, and both fills record the route."""
+    symbol = "XSWP"
+    pipeline.env["TAPEFLOW_CLOCK_START"] = "2026-11-24T15:00:00Z"  # 10:00 New York
+    ns = time.time_ns()
+    QuoteStore(pipeline.settings.redis).apply(
+        [Security(symbol, venue, 100, False, ns, ns) for venue in ("iex", "nasdaq")]
+    )
+    _, account, token = new_user(services, rate_limit=10_000)
+    pool = db.pool(services.postgres)
+    Ledger(pool, pipeline.topics).deposit(account.id, D("10000"))
+    pipeline.start()
+    api = httpx.Client(
+        base_url=pipeline.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+
+    def feed(venue: str, line: str) -> None:
+        path = tmp_path / f"{venue}-{time.time_ns()}.jsonl"
+        path.write_text(line.replace("XTYP", symbol) + "\n")
+        replay(
+            path, venue, pipeline.settings.bootstrap, speed=None, topic=pipeline.topics.raw(venue)
+        )
+
+    answer = api.post(
+        "/v1/orders",
+        json={
+            "symbol": symbol,
+            "side": "buy",
+            "type": "stop",
+            "time_in_force": "day",
+            "qty": "8",
+            "stop_price": "50.00",
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    stop = answer.json()["id"]
+    until(lambda: api.get(f"/v1/orders/{stop}").json()["status"] == "new")
+
+    feed("iex", q(1, "49.90", "50.00", size=3))
+    feed("nasdaq", q(1, "49.90", "50.05", size=10))
+
+    def both_venues_quoted() -> bool:
+        held = api.get(f"/v1/quotes/{symbol}").json()
+        return {"iex", "nasdaq"} <= set(held.get("venues") or {})
+
+    until(both_venues_quoted)
+    time.sleep(0.5)  # the desk reads md.quotes beside the quotes flow: let it take them
+    feed("nasdaq", t(2, "50.00", 1))  # the last trade reaches the stop
+    until(lambda: api.get(f"/v1/orders/{stop}").json()["status"] == "filled")
+
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT id, qty, price, venue, route FROM executions WHERE order_id = %s ORDER BY id",
+            (stop,),
+        ).fetchall()
+    route = ["iex", "nasdaq"]
+    assert rows == [
+        (f"fill:{stop}:1", D("3"), D("50.0000"), "iex", route),
+        (f"fill:{stop}:2", D("5"), D("50.0500"), "nasdaq", route),
+    ]
+    assert api.get(f"/v1/orders/{stop}").json()["filled_qty"] == "8.000000"
