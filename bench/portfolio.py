@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = [run_once(base, args) for _ in range(args.runs)]
     for run in runs:
         for endpoint, (first, expired, lat) in run.items():
+            after = "-" if math.isnan(expired) else f"{expired:.1f}"
             say(
-                f"{endpoint:<24} {first:>7.1f} {expired:>7.1f} {pct(lat, 50):>7.1f}"
+                f"{endpoint:<24} {first:>7.1f} {after:>7} {pct(lat, 50):>7.1f}"
                 f" {pct(lat, 90):>7.1f} {pct(lat, 99):>7.1f} {lat[-1]:>7.1f}"
             )
     say("")
