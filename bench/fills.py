@@ -39,7 +39,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
-import redis
 
 from bench import harness, hops
 from bench.harness import (
@@ -48,13 +47,14 @@ from bench.harness import (
     cores_between,
     go_binary,
     service_pids,
+    services_ready,
     wait_quiet,
 )
 from bench.machine import machine_lines, median
 from bench.machine import percentile as pct
 from bench.orders import _postgres_pids
 from bench.stream_run import _descendants
-from infra import accounts, api_keys, db, replay, services
+from infra import accounts, api_keys, db, replay
 from infra.ledger import Ledger
 from infra.quote_store import QuoteStore
 from infra.settings import Settings
@@ -288,15 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     base = Settings()
-    bad = [s.name for s in services.up(base) if not s.healthy]
-    if bad:
-        say(f"services not healthy: {', '.join(bad)} (run `tapeflow up`)")
+    server = services_ready(base)
+    if server is None:
         return 2
     db.migrate(base)
     load = build_fillload(base.home.resolve() / "bin")
-    server = redis.Redis(host="127.0.0.1", port=base.redis_port).info("server")["redis_version"]
     say("Tapeflow order-to-fill benchmark")
-    say("\n".join(["", *machine_lines(str(server))]))
+    say("\n".join(["", *machine_lines(server)]))
     say(f"pipeline    tapeflow run{' --split' if args.split else ''}; {args.accounts} accounts")
     say(f"window      {args.seconds:g} s of orders per run, {args.runs} runs per rate")
     if args.warmup:

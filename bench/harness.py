@@ -25,11 +25,22 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from infra import services
 from infra.settings import Settings
 from infra.topics import Topics, all_topics, ensure_topics, partitions_of, topics_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def services_ready(base: Settings) -> str | None:
+    """The Redis server's version (for the machine lines) once every service is healthy;
+    None, after saying which are not, otherwise."""
+    bad = [s.name for s in services.up(base) if not s.healthy]
+    if bad:
+        print(f"services not healthy: {', '.join(bad)} (run `tapeflow up`)", flush=True)
+        return None
+    return str(redis.Redis(host="127.0.0.1", port=base.redis_port).info("server")["redis_version"])
 
 
 def go_binary(module: Path, package: str, name: str, out_dir: Path) -> Path:

@@ -36,7 +36,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
-import redis
 
 from bench.harness import (
     ROOT,
@@ -45,12 +44,13 @@ from bench.harness import (
     cores_between,
     go_binary,
     service_pids,
+    services_ready,
     wait_quiet,
 )
 from bench.machine import machine_lines, median
 from bench.machine import percentile as pct
 from bench.stream_run import _descendants, _wait_health
-from infra import accounts, api_keys, db, services
+from infra import accounts, api_keys, db
 from infra.ledger import Ledger
 from infra.quote_store import QuoteStore
 from infra.settings import Settings
@@ -340,15 +340,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet-timeout", type=float, default=60.0)
     args = p.parse_args(argv)
     base = Settings()
-    bad = [s.name for s in services.up(base) if not s.healthy]
-    if bad:
-        say(f"services not healthy: {', '.join(bad)} (run `tapeflow up`)")
+    server = services_ready(base)
+    if server is None:
         return 2
     db.migrate(base)
     load = build_orderload(base.home.resolve() / "bin")
-    server = redis.Redis(host="127.0.0.1", port=base.redis_port).info("server")["redis_version"]
     say("Tapeflow order placement benchmark")
-    say("\n".join(["", *machine_lines(str(server))]))
+    say("\n".join(["", *machine_lines(server)]))
     say(f"server      {args.server}" + (f" x{args.workers}" if args.server == "trading" else ""))
     say(f"window      {args.seconds:g} s after {args.warmup:g} s warm-up, {args.runs} runs each")
     say("")

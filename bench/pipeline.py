@@ -18,10 +18,9 @@ import sys
 import time
 from collections.abc import Callable
 
-import redis
-
 from bench import harness
 from bench.auth import api_headers
+from bench.harness import services_ready
 from bench.latency import IDLE_S, LatencyResult, Plan, run_latency
 from bench.machine import machine_lines, median, percentile
 from bench.throughput import (
@@ -33,7 +32,6 @@ from bench.throughput import (
     new_session_dir,
     run_once,
 )
-from infra import services
 from infra.settings import Settings
 
 TARGET_QUOTES_PER_S = 50_000
@@ -327,13 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.split:
         harness.RUN_ARGS[:] = ["--split"]
     base = Settings()
-    bad = [s.name for s in services.up(base) if not s.healthy]
-    if bad:
-        say(f"services not healthy: {', '.join(bad)} (run `tapeflow up`)")
+    server = services_ready(base)
+    if server is None:
         return 2
-    server = redis.Redis(host="127.0.0.1", port=base.redis_port).info("server")["redis_version"]
     say("Tapeflow pipeline benchmark")
-    say("\n".join(["", *machine_lines(str(server))]))
+    say("\n".join(["", *machine_lines(server)]))
     say(
         "\npipeline: `python -m infra.cli run` = API + flows normalize, quotes, candles "
         + (

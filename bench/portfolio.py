@@ -29,12 +29,11 @@ from decimal import Decimal
 
 import httpx
 import numpy as np
-import redis
 
-from bench.harness import BenchPipeline
+from bench.harness import BenchPipeline, services_ready
 from bench.machine import machine_lines, median
 from bench.machine import percentile as pct
-from infra import accounts, api_keys, db, replay, services
+from infra import accounts, api_keys, db, replay
 from infra.ledger import Ledger
 from infra.settings import Settings
 from infra.topics import Topics
@@ -169,14 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="runs, each with a fresh pipeline")
     args = p.parse_args(argv)
     base = Settings()
-    bad = [s.name for s in services.up(base) if not s.healthy]
-    if bad:
-        say(f"services not healthy: {', '.join(bad)} (run `tapeflow up`)")
+    server = services_ready(base)
+    if server is None:
         return 2
     db.migrate(base)
-    server = redis.Redis(host="127.0.0.1", port=base.redis_port).info("server")["redis_version"]
     say("Tapeflow portfolio read benchmark")
-    say("\n".join(["", *machine_lines(str(server))]))
+    say("\n".join(["", *machine_lines(server)]))
     say(f"account     {args.positions} positions, each with a quote and a previous close")
     say(f"load        one client, one request at a time; {args.requests} measured per endpoint")
     say("")

@@ -34,13 +34,11 @@ import os
 import sys
 import time
 
-import redis
-
+from bench.harness import services_ready
 from bench.machine import machine_lines, median
 from bench.machine import percentile as pct
 from bench.stream_feed import Feed
 from bench.stream_run import RunConfig, RunResult, build_wsload, run_once
-from infra import services
 from infra.settings import Settings
 
 REQUIRED_P99_MS = 100.0
@@ -137,14 +135,12 @@ def row(r: RunResult) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     base = Settings()
-    bad = [s.name for s in services.up(base) if not s.healthy]
-    if bad:
-        say(f"services not healthy: {', '.join(bad)} (run `tapeflow up`)")
+    server = services_ready(base)
+    if server is None:
         return 2
     wsload = build_wsload(base.home.resolve() / "bin")
-    server = redis.Redis(host="127.0.0.1", port=base.redis_port).info("server")["redis_version"]
     say("Tapeflow WebSocket stream benchmark")
-    say("\n".join(["", *machine_lines(str(server))]))
+    say("\n".join(["", *machine_lines(server)]))
     go = os.popen("go version").read().strip()
     edge = (
         "WS served by `python -m api.stream` (a stream-only API process, "
