@@ -366,7 +366,8 @@ class Ledger:
 
     def _locked(self, conn: psycopg.Connection, account_id: UUID, order_id: UUID) -> Order:
         row = conn.execute(
-            f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = %s AND account_id = %s FOR UPDATE",
+            f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = %s AND account_id = %s "
+            "FOR NO KEY UPDATE",
             (order_id, account_id),
         ).fetchone()
         order = _order_of(row)
@@ -421,7 +422,7 @@ class Ledger:
             # could hold an order the other waits for (a deadlock). Answered by age.
             rows = conn.execute(
                 f"SELECT {ORDER_COLUMNS} FROM orders WHERE account_id = %s "
-                "AND status = ANY(%s) ORDER BY id FOR UPDATE",
+                "AND status = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
                 (account_id, [s.value for s in OPEN]),
             ).fetchall()
             for order in sorted(map(order_from_row, rows), key=lambda o: (o.created_at, o.id)):

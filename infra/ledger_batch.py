@@ -82,7 +82,8 @@ _LOCK_ACCOUNTS = "SELECT 1 FROM accounts WHERE id = ANY(%s) ORDER BY id FOR NO K
 # The orders named, and the replacements of those waiting on a replace (an expiry ends
 # both); the ARRAY(...) is evaluated once, so both are index lookups. In id order, as
 # cancel-all locks an account's open orders (Ledger.cancel_all); NO KEY UPDATE, as the
-# UPDATE of their columns would, so rows that reference an order do not wait on it.
+# UPDATE of their columns would, so rows that reference an order do not wait on it
+# (every order lock of the ledger is: Book.order, Ledger's cancel and replace requests).
 _LOCK_ORDERS = (
     f"SELECT {ORDER_COLUMNS}, filled_value FROM orders WHERE id = ANY(%(ids)s::uuid[] || "
     "ARRAY(SELECT replaced_by FROM orders WHERE id = ANY(%(ids)s::uuid[]) "
@@ -211,7 +212,7 @@ class Book:
             return got
         if order_id not in self.missing:
             rows = self.conn.execute(
-                f"SELECT {ORDER_COLUMNS}, filled_value FROM orders WHERE id = %s FOR UPDATE",
+                f"SELECT {ORDER_COLUMNS}, filled_value FROM orders WHERE id = %s FOR NO KEY UPDATE",
                 (order_id,),
             ).fetchall()
             self.add_orders(rows)
