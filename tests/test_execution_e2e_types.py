@@ -12,9 +12,11 @@ from __future__ import annotations
 import time
 from decimal import Decimal as D
 from pathlib import Path
+from uuid import UUID
 
 import httpx
 import pytest
+from psycopg_pool import ConnectionPool
 
 from infra import db
 from infra.ledger import Ledger
@@ -28,18 +30,37 @@ pytestmark = pytest.mark.services
 SYMBOL = "XTYP"
 
 
-def q(second: int, bid: str, ask: str, size: int = 100) -> str:
+def q(second: int, bid: str, ask: str, size: int = 100, symbol: str = SYMBOL) -> str:
     return (
-        f'{{"T":"q","S":"{SYMBOL}","bx":"Q","bp":"{bid}","bs":{size},"ax":"Q","ap":"{ask}",'
+        f'{{"T":"q","S":"{symbol}","bx":"Q","bp":"{bid}","bs":{size},"ax":"Q","ap":"{ask}",'
         f'"as":{size},"t":"2026-11-24T15:00:{second:02d}Z"}}'
     )
 
 
-def t(second: int, price: str, tid: int) -> str:
+def t(second: int, price: str, tid: int, symbol: str = SYMBOL) -> str:
     return (
-        f'{{"T":"t","S":"{SYMBOL}","i":"{tid}","x":"Q","p":"{price}","s":100,'
+        f'{{"T":"t","S":"{symbol}","i":"{tid}","x":"Q","p":"{price}","s":100,'
         f'"t":"2026-11-24T15:00:{second:02d}.5Z","c":["@"]}}'
     )
+
+
+def _funded_api(services, pipeline: Pipeline) -> tuple[UUID, ConnectionPool, httpx.Client]:
+    """A new user's account with 10,000 of cash; the pipeline started; an API client of
+    that user."""
+    _, account, token = new_user(services, rate_limit=10_000)
+    pool = db.pool(services.postgres)
+    Ledger(pool, pipeline.topics).deposit(account.id, D("10000"))
+    pipeline.start()
+    api = httpx.Client(
+        base_url=pipeline.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    return account.id, pool, api
+
+
+def _replay(pipeline: Pipeline, path: Path, venue: str, *lines: str) -> None:
+    """`lines` written to `path`, then replayed into the venue's raw topic."""
+    path.write_text("\n".join(lines) + "\n")
+    replay(path, venue, pipeline.settings.bootstrap, speed=None, topic=pipeline.topics.raw(venue))
 
 
 def test_ioc_fok_stop_and_trailing_stop(services, pipeline: Pipeline, tmp_path: Path):
@@ -52,24 +73,10 @@ def test_ioc_fok_stop_and_trailing_stop(services, pipeline: Pipeline, tmp_path: 
             Quote(SYMBOL, NBBO_VENUE, D("29.90"), 100, D("30.00"), 100, 1, ns, 1),
         ]
     )
-    _, account, token = new_user(services, rate_limit=10_000)
-    pool = db.pool(services.postgres)
-    Ledger(pool, pipeline.topics).deposit(account.id, D("10000"))
-    pipeline.start()
-    api = httpx.Client(
-        base_url=pipeline.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    )
+    account, pool, api = _funded_api(services, pipeline)
 
     def feed(name: str, *lines: str) -> None:
-        path = tmp_path / f"{name}.jsonl"
-        path.write_text("\n".join(lines) + "\n")
-        replay(
-            path,
-            "nasdaq",
-            pipeline.settings.bootstrap,
-            speed=None,
-            topic=pipeline.topics.raw("nasdaq"),
-        )
+        _replay(pipeline, tmp_path / f"{name}.jsonl", "nasdaq", *lines)
 
     def place(**body) -> str:
         answer = api.post("/v1/orders", json={"symbol": SYMBOL, "qty": "1", **body})
@@ -124,16 +131,16 @@ def test_ioc_fok_stop_and_trailing_stop(services, pipeline: Pipeline, tmp_path: 
         fills = conn.execute(
             "SELECT order_id::text, side, qty, price FROM executions WHERE account_id = %s "
             "ORDER BY executed_at, id",
-            (account.id,),
+            (account,),
         ).fetchall()
         position = conn.execute(
             "SELECT qty FROM positions WHERE account_id = %s AND symbol = %s",
-            (account.id, SYMBOL),
+            (account, SYMBOL),
         ).fetchone()[0]
         anomalies = conn.execute(
             "SELECT count(*) FROM ledger_anomalies a JOIN orders o ON o.id = a.order_id "
             "WHERE o.account_id = %s",
-            (account.id,),
+            (account,),
         ).fetchone()[0]
     # (the first two share the first quote's time, so compare without order)
     assert sorted(fills) == sorted(
@@ -160,20 +167,10 @@ def test_a_triggered_stop_sweeps_two_venues_and_records_the_route(
     QuoteStore(pipeline.settings.redis).apply(
         [Security(symbol, venue, 100, False, ns, ns) for venue in ("iex", "nasdaq")]
     )
-    _, account, token = new_user(services, rate_limit=10_000)
-    pool = db.pool(services.postgres)
-    Ledger(pool, pipeline.topics).deposit(account.id, D("10000"))
-    pipeline.start()
-    api = httpx.Client(
-        base_url=pipeline.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-    )
+    _, pool, api = _funded_api(services, pipeline)
 
     def feed(venue: str, line: str) -> None:
-        path = tmp_path / f"{venue}-{time.time_ns()}.jsonl"
-        path.write_text(line.replace("XTYP", symbol) + "\n")
-        replay(
-            path, venue, pipeline.settings.bootstrap, speed=None, topic=pipeline.topics.raw(venue)
-        )
+        _replay(pipeline, tmp_path / f"{venue}-{time.time_ns()}.jsonl", venue, line)
 
     answer = api.post(
         "/v1/orders",
@@ -190,8 +187,8 @@ def test_a_triggered_stop_sweeps_two_venues_and_records_the_route(
     stop = answer.json()["id"]
     until(lambda: api.get(f"/v1/orders/{stop}").json()["status"] == "new")
 
-    feed("iex", q(1, "49.90", "50.00", size=3))
-    feed("nasdaq", q(1, "49.90", "50.05", size=10))
+    feed("iex", q(1, "49.90", "50.00", size=3, symbol=symbol))
+    feed("nasdaq", q(1, "49.90", "50.05", size=10, symbol=symbol))
 
     def both_venues_quoted() -> bool:
         held = api.get(f"/v1/quotes/{symbol}").json()
@@ -199,7 +196,7 @@ def test_a_triggered_stop_sweeps_two_venues_and_records_the_route(
 
     until(both_venues_quoted)
     time.sleep(0.5)  # the desk reads md.quotes beside the quotes flow: let it take them
-    feed("nasdaq", t(2, "50.00", 1))  # the last trade reaches the stop
+    feed("nasdaq", t(2, "50.00", 1, symbol=symbol))  # the last trade reaches the stop
     until(lambda: api.get(f"/v1/orders/{stop}").json()["status"] == "filled")
 
     with pool.connection() as conn:

@@ -5,7 +5,6 @@ event the ledger refuses inside a batch leaves nothing of itself while the rest 
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from decimal import Decimal as D
 from uuid import UUID
@@ -18,6 +17,7 @@ from infra.ledger_batch import Book
 from infra.order_batch import NewOrder, place_batch
 from schemas.orders import OrderRequest, OrderType, Side, TimeInForce, place
 from schemas.positions import FillRefused
+from tests.e2e_support import until
 from tests.ledger_support import check_invariants, ledger_env, market
 
 pytestmark = pytest.mark.services
@@ -356,13 +356,6 @@ def _waiting_on_locks(env) -> int:
     return int(row[0]) if row else 0
 
 
-def _until(check, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_cancel_all_and_a_fill_batch_lock_orders_in_the_same_order(env):
     """DELETE /v1/orders (Ledger.cancel_all) locks every open order of the account; the
     ledger flow's batch locks the orders its fills name, in id order. Were cancel-all to
@@ -391,9 +384,9 @@ def test_cancel_all_and_a_fill_batch_lock_orders_in_the_same_order(env):
     with env.pool.connection() as holder, holder.transaction():
         holder.execute("SELECT 1 FROM orders WHERE id = %s FOR UPDATE", (orders[1].id,))
         cancel.start()
-        _until(lambda: _waiting_on_locks(env) >= 1)
+        until(lambda: _waiting_on_locks(env) >= 1, timeout=10)
         apply.start()
-        _until(lambda: _waiting_on_locks(env) >= 2)
+        until(lambda: _waiting_on_locks(env) >= 2, timeout=10)
     for t in (cancel, apply):
         t.join(30)
     assert not errors, errors
