@@ -35,7 +35,6 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,7 @@ from bench.harness import (
     BenchPipeline,
     CpuBook,
     cores_between,
+    funded_accounts,
     go_binary,
     service_pids,
     services_ready,
@@ -54,11 +54,9 @@ from bench.machine import machine_lines, median
 from bench.machine import percentile as pct
 from bench.orders import _postgres_pids
 from bench.stream_run import _descendants
-from infra import accounts, api_keys, db, replay
-from infra.ledger import Ledger
+from infra import db, replay
 from infra.quote_store import QuoteStore
 from infra.settings import Settings
-from infra.topics import Topics
 from schemas.marketdata import Security
 
 TARGET_RATE = 1000
@@ -144,18 +142,6 @@ def latencies_ms(acked: list[list[str]], warmup_s: float = 0.0) -> np.ndarray:
     )
 
 
-def _accounts(base: Settings, n: int) -> list[str]:
-    pool = db.pool(base.postgres)
-    ledger = Ledger(pool, Topics())
-    tokens = []
-    for _ in range(n):
-        user, account = accounts.create_user(pool, f"fills-{time.time_ns()}@bench.local", "Bench")
-        _, token = api_keys.create_key(pool, user.id, "bench", rate_limit_per_minute=100_000_000)
-        ledger.deposit(account.id, Decimal("1000000000"))
-        tokens.append(str(token))
-    return tokens
-
-
 def _primed(pipe: BenchPipeline, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -177,7 +163,7 @@ def run_once(base: Settings, args: argparse.Namespace, rate: int, load: Path) ->
         QuoteStore(pipe.settings.redis).apply(
             [Security(s, "iex", 100, False, 1, 1) for s in SYMBOLS]
         )
-        tokens = _accounts(base, args.accounts)
+        tokens, _ = funded_accounts(base, args.accounts, "fills")
         token_file = pipe.home / "tokens.txt"
         token_file.write_text("\n".join(tokens))
         pipe.start()

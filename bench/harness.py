@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -25,7 +26,9 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from infra import services
+from infra import accounts, api_keys, db, services
+from infra.accounts import Account
+from infra.ledger import Ledger
 from infra.settings import Settings
 from infra.topics import Topics, all_topics, ensure_topics, partitions_of, topics_of
 
@@ -41,6 +44,21 @@ def services_ready(base: Settings) -> str | None:
         print(f"services not healthy: {', '.join(bad)} (run `tapeflow up`)", flush=True)
         return None
     return str(redis.Redis(host="127.0.0.1", port=base.redis_port).info("server")["redis_version"])
+
+
+def funded_accounts(base: Settings, n: int, name: str) -> tuple[list[str], list[Account]]:
+    """n new users' accounts, each with 1,000,000,000 of cash and a key that is never rate
+    limited: their tokens and accounts."""
+    pool = db.pool(base.postgres)
+    ledger = Ledger(pool, Topics())
+    tokens, made = [], []
+    for _ in range(n):
+        user, account = accounts.create_user(pool, f"{name}-{time.time_ns()}@bench.local", "Bench")
+        _, token = api_keys.create_key(pool, user.id, "bench", rate_limit_per_minute=100_000_000)
+        ledger.deposit(account.id, Decimal("1000000000"))
+        tokens.append(str(token))
+        made.append(account)
+    return tokens, made
 
 
 def go_binary(module: Path, package: str, name: str, out_dir: Path) -> Path:
@@ -68,9 +86,9 @@ def free_redis_db(base: Settings) -> int:
         used = set(client.info("keyspace"))  # {"db0": {...}, ...}: only non-empty ones
     finally:
         client.close()
-    for db in range(count - 1, 0, -1):
-        if f"db{db}" not in used:
-            return db
+    for number in range(count - 1, 0, -1):
+        if f"db{number}" not in used:
+            return number
     raise RuntimeError("no empty Redis database to run the benchmark in")
 
 
@@ -83,17 +101,17 @@ class BenchPipeline:
 
     def __init__(self, base: Settings) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="tapeflow-bench-"))
-        db = free_redis_db(base)
+        redis_db = free_redis_db(base)
         self.env = {
             "TAPEFLOW_HOME": str(self.home),
             "TAPEFLOW_NAMESPACE": f"bench{uuid.uuid4().hex[:8]}.",
-            "TAPEFLOW_REDIS_DB": str(db),
+            "TAPEFLOW_REDIS_DB": str(redis_db),
             "TAPEFLOW_API_PORT": str(free_port()),
         }
         self.settings = Settings(
             home=self.home,
             namespace=self.env["TAPEFLOW_NAMESPACE"],
-            redis_db=db,
+            redis_db=redis_db,
             api_port=int(self.env["TAPEFLOW_API_PORT"]),
             kafka_port=base.kafka_port,
             redis_port=base.redis_port,

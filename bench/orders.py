@@ -42,6 +42,7 @@ from bench.harness import (
     BenchPipeline,
     CpuBook,
     cores_between,
+    funded_accounts,
     go_binary,
     service_pids,
     services_ready,
@@ -50,11 +51,9 @@ from bench.harness import (
 from bench.machine import machine_lines, median
 from bench.machine import percentile as pct
 from bench.stream_run import _descendants, _wait_health
-from infra import accounts, api_keys, db
-from infra.ledger import Ledger
+from infra import db
 from infra.quote_store import QuoteStore
 from infra.settings import Settings
-from infra.topics import Topics
 from schemas.marketdata import NBBO_VENUE, Quote, Security
 
 TARGET_RATE = 3000.0
@@ -94,20 +93,6 @@ def _seed_market(settings: Settings) -> None:
             ),
         ]
     )
-
-
-def _accounts(base: Settings, n: int) -> tuple[list[str], list[accounts.Account]]:
-    """n funded accounts, each with a key that is never rate limited."""
-    pool = db.pool(base.postgres)
-    ledger = Ledger(pool, Topics())
-    tokens, made = [], []
-    for _ in range(n):
-        user, account = accounts.create_user(pool, f"orders-{time.time_ns()}@bench.local", "Bench")
-        _, token = api_keys.create_key(pool, user.id, "bench", rate_limit_per_minute=100_000_000)
-        ledger.deposit(account.id, Decimal("1000000000"))
-        tokens.append(str(token))
-        made.append(account)
-    return tokens, made
 
 
 def _spawn(pipe: BenchPipeline, args: list[str], log: str) -> subprocess.Popen[bytes]:
@@ -197,7 +182,9 @@ def run_once(base: Settings, args: argparse.Namespace, clients: int, load: Path)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         _seed_market(pipe.settings)
-        tokens, made = _accounts(base, min(clients, args.accounts) if args.accounts else clients)
+        tokens, made = funded_accounts(
+            base, min(clients, args.accounts) if args.accounts else clients, "orders"
+        )
         token_file = pipe.home / "tokens.txt"
         token_file.write_text("\n".join(tokens))
         if args.server == "run":

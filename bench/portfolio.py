@@ -25,18 +25,15 @@ import argparse
 import math
 import time
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import httpx
 import numpy as np
 
-from bench.harness import BenchPipeline, services_ready
+from bench.harness import BenchPipeline, funded_accounts, services_ready
 from bench.machine import machine_lines, median
 from bench.machine import percentile as pct
-from infra import accounts, api_keys, db, replay
-from infra.ledger import Ledger
+from infra import db, replay
 from infra.settings import Settings
-from infra.topics import Topics
 
 TARGET_MS = 50.0
 CACHE_TTL_S = 60.0  # infra.day_change: previous closes are kept this long per process
@@ -57,14 +54,14 @@ def feed_lines(symbols: list[str]) -> list[tuple[str, str]]:
     """(symbol, JSON feed line): per symbol, yesterday's closing trade, today's last trade
     and an NBBO-making quote, in event-time order over all symbols."""
     lines = []
-    for when, kind in ((PREVIOUS_CLOSE, "t"), (SESSION_START - timedelta(seconds=30), "t")):
+    for when, cents in ((PREVIOUS_CLOSE, "00"), (SESSION_START - timedelta(seconds=30), "50")):
         for i, s in enumerate(symbols):
-            price = f"{100 + i}.{'00' if when == PREVIOUS_CLOSE else '50'}"
+            price = f"{100 + i}.{cents}"
             at = _stamp(when + timedelta(microseconds=i))
             lines.append(
                 (
                     s,
-                    f'{{"T":"{kind}","S":"{s}","i":"{s}{i}{when:%d}","x":"Q","p":"{price}",'
+                    f'{{"T":"t","S":"{s}","i":"{s}{i}{when:%d}","x":"Q","p":"{price}",'
                     f'"s":100,"t":"{at}","c":["@"]}}',
                 )
             )
@@ -82,17 +79,14 @@ def feed_lines(symbols: list[str]) -> list[tuple[str, str]]:
 
 def _holder(base: Settings, symbols: list[str]) -> str:
     """A new user holding 10 shares of each symbol at a cost of 100 each; its token."""
-    pool = db.pool(base.postgres)
-    user, account = accounts.create_user(pool, f"portfolio-{time.time_ns()}@bench.local", "Bench")
-    _, token = api_keys.create_key(pool, user.id, "bench", rate_limit_per_minute=100_000_000)
-    Ledger(pool, Topics()).deposit(account.id, Decimal("100000"))
-    with pool.connection() as conn:
+    (token,), (account,) = funded_accounts(base, 1, "portfolio")
+    with db.pool(base.postgres).connection() as conn:
         conn.execute(
             "INSERT INTO positions (account_id, symbol, qty, cost_basis) "
             "SELECT %s, s, 10, 1000 FROM unnest(%s::text[]) AS s",
             (account.id, symbols),
         )
-    return str(token)
+    return token
 
 
 def _ready(client: httpx.Client, n: int, timeout_s: float = 90) -> None:
